@@ -1,0 +1,271 @@
+"""Command line: a thin Click layer over the library (tagger.pipeline, tagger.model, train).
+
+Human output (progress, errors, summary) goes to stderr; report data alone goes to stdout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tagger import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES_HELP = "Exit codes: 0 all good, 1 some files failed, 2 usage error, 130 interrupted."
+CONFIG_ENV = "TAGGER_CONFIG"
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def _config_path() -> Path:
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "tagger" / "config.toml"
+
+
+def _load_default_map() -> dict:
+    """Defaults per command from a TOML file, e.g. ``[tag]\\njobs = 4\\ndevice = "cpu"``."""
+    path = _config_path()
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.UsageError(f"config file {path}: {exc}") from None
+
+
+def _load_model(path: str | None):
+    from tagger.model import ModelError, load_model
+
+    try:
+        return load_model(path)
+    except ModelError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+class _Group(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        extra.setdefault("default_map", _load_default_map())
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+@click.group(cls=_Group, context_settings={"auto_envvar_prefix": "TAGGER", "help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tagger")
+def main() -> None:
+    """Tag music files with the musical instruments that play in them.
+
+    Options can also come from TAGGER_<COMMAND>_<OPTION> environment variables
+    (e.g. TAGGER_TAG_JOBS=4) or a TOML config file ($TAGGER_CONFIG, default
+    ~/.config/tagger/config.toml) with one table per command.
+    """
+
+
+def _selection_options(fn):
+    fn = click.option("--hidden", is_flag=True, help="Also visit hidden files and folders.")(fn)
+    fn = click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")(fn)
+    fn = click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")(fn)
+    return fn
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]tagging"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[current]}", style="dim"),
+        console=stderr,
+        disable=quiet,
+        transient=False,
+    )
+
+
+def _print_summary(summary, *, interrupted: bool, quiet: bool) -> None:
+    if quiet and not summary.failed and not interrupted:
+        return
+    table = Table(title="tagger summary" + (" (interrupted)" if interrupted else ""), show_header=False)
+    table.add_column("status")
+    table.add_column("files", justify="right")
+    for status, count in sorted(summary.counts.items()):
+        table.add_row(status, str(count))
+    if interrupted:
+        table.add_row("not reached", str(max(0, summary.total - summary.done)))
+    table.add_row("audio analysed", f"{summary.audio_seconds / 60:.1f} min")
+    speed = summary.audio_seconds / summary.elapsed if summary.elapsed > 0 else 0.0
+    table.add_row("time", f"{summary.elapsed:.1f} s ({speed:.0f}x real time)")
+    stderr.print(table)
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--jobs", "-j", type=click.IntRange(0), default=2, show_default=True, help="Decoding worker processes (0: decode in the main process).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Windows per model batch (mixed across tracks).")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="One threshold for every label (default: the model's per-label thresholds).")
+@click.option("--aggregation", type=click.Choice(["mean", "max", "topk"]), help="How window scores become a track score (default: the model's).")
+@click.option("--topk", type=click.IntRange(1), help="k for --aggregation topk.")
+@click.option("--dry-run", "-n", is_flag=True, help="Analyse and report, write nothing to audio files.")
+@click.option("--force", "-f", is_flag=True, help="Re-tag files tagged by this model and overwrite person-written INSTRUMENTS tags.")
+@click.option("--preserve-mtime", is_flag=True, help="Keep each file's modification time.")
+@click.option("--report", "report_path", metavar="FILE", help="Write a report (- for stdout); format from the extension.")
+@click.option("--report-format", type=click.Choice(["csv", "json", "jsonl"]), help="Report format (default: from FILE's extension; jsonl for -).")
+@click.option("--timeline", is_flag=True, help="Add per-instrument time segments to JSON/JSONL reports.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; summary only when something failed.")
+@click.option("--verbose", "-v", is_flag=True, help="One line per file, and tracebacks for unexpected errors.")
+@_selection_options
+def tag(paths, model_path, device, jobs, batch_size, threshold, aggregation, topk, dry_run, force, preserve_mtime,
+        report_path, report_format, timeline, quiet, verbose, include, exclude, hidden) -> None:
+    """Analyse audio files under PATHS and write INSTRUMENTS tags."""
+    from tagger.infer import pick_device
+    from tagger.pipeline import Summary, tag_paths
+    from tagger.report import ERROR, open_report
+
+    model = _load_model(model_path)
+    try:
+        pick_device(device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = None
+    if report_path:
+        try:
+            report = open_report(report_path, report_format, model.labels)
+        except (ValueError, OSError) as exc:
+            raise click.UsageError(f"--report: {exc}") from None
+    summary = Summary()
+    interrupted = False
+    with _progress(quiet) as progress:
+        task = progress.add_task("tagging", total=None, current="")
+
+        def on_start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def on_result(result) -> None:
+            progress.update(task, advance=1, current=Path(result.path).name[-40:])
+            if report:
+                report.write(result)
+            if result.status == ERROR:
+                progress.console.print(f"[red]error[/red]: {result.path}: {result.error}", markup=True, highlight=False, soft_wrap=True)
+            elif verbose:
+                what = ", ".join(result.instruments) or result.error or "-"
+                progress.console.print(f"{result.status}: {result.path}: {what}", markup=False, soft_wrap=True)
+
+        try:
+            tag_paths(
+                paths, model=model, device=device, jobs=jobs, batch_size=batch_size, dry_run=dry_run, force=force,
+                threshold=threshold, aggregation=aggregation, topk=topk, with_timeline=timeline,
+                preserve_mtime=preserve_mtime, include=include, exclude=exclude, hidden=hidden,
+                on_start=on_start, on_result=on_result, summary=summary,
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+    if report:
+        report.close()
+    _print_summary(summary, interrupted=interrupted, quiet=quiet)
+    if interrupted:
+        stderr.print("interrupted: files already tagged keep their tags; the others are unchanged")
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(EXIT_FAILED if summary.failed else EXIT_OK)
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--dry-run", "-n", is_flag=True, help="Say what would be removed, change nothing.")
+@click.option("--quiet", "-q", is_flag=True)
+@_selection_options
+def untag(paths, dry_run, quiet, include, exclude, hidden) -> None:
+    """Remove tagger's fields (only where INSTRUMENTS_MODEL shows they are ours)."""
+    from tagger.pipeline import untag_paths
+    from tagger.report import ERROR
+
+    def on_result(result) -> None:
+        if result.status == ERROR:
+            stderr.print(f"[red]error[/red]: {result.path}: {result.error}", soft_wrap=True, highlight=False)
+        elif not quiet and result.status != "unchanged":
+            stderr.print(f"{result.status}: {result.path}", markup=False, soft_wrap=True)
+
+    summary = untag_paths(paths, dry_run=dry_run, include=include, exclude=exclude, hidden=hidden, on_result=on_result)
+    if not quiet:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "no audio files"
+        stderr.print(counts)
+    sys.exit(EXIT_FAILED if summary.failed else EXIT_OK)
+
+
+@main.command(name="models")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON on stdout.")
+def models_cmd(model_path, as_json) -> None:
+    """Show the model: labels, thresholds, feature settings, metrics."""
+    model = _load_model(model_path)
+    info = {
+        "path": model.path,
+        "model_id": model.model_id,
+        "arch": model.arch,
+        "arch_args": model.arch_args,
+        "parameters": sum(p.numel() for p in model.network.parameters()),
+        "aggregation": model.aggregation,
+        "labels": dict(zip(model.labels, model.thresholds)),
+        "features": model.features.to_dict(),
+        "metrics": model.metrics,
+        "training": model.training,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    stderr.print(f"[bold]{model.model_id}[/bold]  ({model.path})")
+    stderr.print(f"architecture {model.arch} {model.arch_args or ''}, {info['parameters']:,} parameters, aggregation {model.aggregation}")
+    stderr.print("features " + ", ".join(f"{k}={v}" for k, v in info["features"].items()))
+    table = Table("label", "threshold", "test F1", "test AP")
+    per_class = (model.metrics.get("heldout") or model.metrics.get("test") or {}).get("per_class", {})
+    for label, thr in zip(model.labels, model.thresholds):
+        m = per_class.get(label, {})
+        f1 = f"{m['f1']:.2f}" if m.get("f1") is not None else "-"
+        ap = f"{m['ap']:.2f}" if m.get("ap") is not None else "-"
+        table.add_row(label, f"{thr:.2f}", f1, ap)
+    stderr.print(table)
+    for split, m in model.metrics.items():
+        if isinstance(m, dict) and "macro_f1" in m:
+            stderr.print(f"{split}: macro F1 {m['macro_f1']:.3f}, micro F1 {m['micro_f1']:.3f}, mAP {m.get('map') or 0:.3f}")
+
+
+main.add_command(models_cmd, name="info")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--tracks", type=click.IntRange(1, 50), default=6, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(folder, tracks, seed) -> None:
+    """Render a demo folder of multi-instrument tracks (mixed formats) to tag."""
+    render = _import_train("train.render")
+    paths = render.render_demo(folder, n_tracks=tracks, seed=seed)
+    for path in paths:
+        click.echo(str(path))
+    stderr.print(f"{len(paths)} demo tracks in {folder}; now try: tagger tag {folder}")
+
+
+def _import_train(module: str):
+    """``train`` is a generic top-level name: import it lazily and say clearly when absent."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the training tools are not available ({exc}); install them with: pip install 'tagger[train]'"
+        ) from None
+
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Batched inference: windows from many tracks share fixed-size batches on the device.
+
+Decoding runs in DataLoader worker processes (``jobs``) and overlaps with the model;
+each worker streams one file at a time as blocks of windows, so memory stays bounded
+whatever the track length. Results are split back per track, and the last partial
+batch is flushed (openl3 once forgot that).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from tagger.decode import DecodeError, decode_chunks
+from tagger.features import FeatureConfig
+from tagger.model import TaggerModel
+from tagger.windows import iter_window_blocks
+
+BLOCK_WINDOWS = 32  # windows per block a worker hands over (~6 MB at 16 kHz, 3 s)
+DEFAULT_BATCH_SIZE = 64
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; naming an absent device is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps: Apple MPS is not available")
+    return torch.device(name)
+
+
+@dataclass
+class Block:
+    """A piece of one track: some windows, or the end of the track, or its error."""
+
+    track: int
+    windows: np.ndarray | None  # [n, window_samples] float32
+    last: bool = False
+    n_samples: int = 0  # total decoded samples, set on the last block
+    error: str | None = None
+
+
+def track_blocks(track: int, path: str | os.PathLike, features: FeatureConfig) -> Iterator[Block]:
+    """The per-file unit of work: path -> blocks of windows (or one error block)."""
+    n_samples = 0
+
+    def counted(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        nonlocal n_samples
+        for chunk in chunks:
+            n_samples += chunk.size
+            yield chunk
+
+    try:
+        chunks = counted(decode_chunks(path, sample_rate=features.sample_rate))
+        for windows in iter_window_blocks(
+            chunks, window=features.window_samples, hop=features.hop_samples, block=BLOCK_WINDOWS
+        ):
+            yield Block(track, windows)
+    except DecodeError as exc:
+        yield Block(track, None, last=True, error=str(exc))
+        return
+    except OSError as exc:
+        yield Block(track, None, last=True, error=exc.strerror or str(exc))
+        return
+    yield Block(track, None, last=True, n_samples=n_samples)
+
+
+class _DecodeDataset(IterableDataset):
+    def __init__(self, items: Sequence[tuple[int, str]], features: FeatureConfig):
+        self.items = list(items)
+        self.features = features
+
+    def __iter__(self) -> Iterator[Block]:
+        info = get_worker_info()
+        shard = self.items if info is None else self.items[info.id :: info.num_workers]
+        for track, path in shard:
+            yield from track_blocks(track, path, self.features)
+
+
+def _keep_block(block: Block) -> Block:
+    return block  # DataLoader must not convert our dataclass into tensors
+
+
+def decode_blocks(
+    items: Sequence[tuple[int, str]], features: FeatureConfig, *, jobs: int
+) -> Iterable[Block]:
+    """Blocks for ``(track id, path)`` items, decoded by ``jobs`` worker processes (0: inline)."""
+    dataset = _DecodeDataset(items, features)
+    if jobs <= 0 or len(items) == 0:
+        return iter(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=min(jobs, len(items)),
+        collate_fn=_keep_block,
+        prefetch_factor=4,
+        in_order=False,  # a long track in one worker must not stall the others
+    )
+
+
+class BatchRunner:
+    """Collects windows from many tracks into fixed-size batches and runs the model."""
+
+    def __init__(self, model: TaggerModel, device: torch.device, batch_size: int = DEFAULT_BATCH_SIZE):
+        self.model = model.to(device)
+        self.device = device
+        self.batch_size = batch_size
+        self._windows: list[np.ndarray] = []
+        self._tracks: list[np.ndarray] = []
+        self._pending = 0
+
+    def add(self, track: int, windows: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Queue windows; returns ``(track, probs)`` pieces for every full batch run."""
+        self._windows.append(windows)
+        self._tracks.append(np.full(len(windows), track))
+        self._pending += len(windows)
+        if self._pending < self.batch_size:
+            return []
+        return self._run(full_only=True)
+
+    def flush(self) -> list[tuple[int, np.ndarray]]:
+        """Run whatever is queued, a partial batch included."""
+        return self._run(full_only=False) if self._pending else []
+
+    def _run(self, *, full_only: bool) -> list[tuple[int, np.ndarray]]:
+        windows = np.concatenate(self._windows)
+        tracks = np.concatenate(self._tracks)
+        n_run = (len(windows) // self.batch_size) * self.batch_size if full_only else len(windows)
+        self._windows = [windows[n_run:]] if n_run < len(windows) else []
+        self._tracks = [tracks[n_run:]] if n_run < len(windows) else []
+        self._pending = len(windows) - n_run
+        probs = np.concatenate(
+            [self.predict(windows[i : i + self.batch_size]) for i in range(0, n_run, self.batch_size)]
+        )
+        # Split back into runs of consecutive windows of the same track.
+        cuts = np.flatnonzero(np.diff(tracks[:n_run])) + 1
+        return [(int(t[0]), p) for t, p in zip(np.split(tracks[:n_run], cuts), np.split(probs, cuts))]
+
+    @torch.inference_mode()
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(windows)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.float16):
+                logits = self.model.logits(batch)
+        else:
+            logits = self.model.logits(batch.to(self.device))
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def predict_windows(model: TaggerModel, windows: np.ndarray, *, device: str = "cpu", batch_size: int = 64) -> np.ndarray:
+    """Probabilities for one array of windows (tests, evaluation)."""
+    runner = BatchRunner(model, pick_device(device), batch_size)
+    return np.concatenate([runner.predict(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)])

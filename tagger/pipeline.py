@@ -1,0 +1,221 @@
+"""The tagging pipeline as one library call:
+files -> checks -> decode -> windows -> features + model (batched) -> aggregate -> tags / report.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tagger import tags
+from tagger.aggregate import aggregate, select_labels, timeline
+from tagger.files import find_audio_files, folders_of
+from tagger.infer import DEFAULT_BATCH_SIZE, BatchRunner, decode_blocks, pick_device
+from tagger.model import AGGREGATIONS, TaggerModel
+from tagger.report import DRY_RUN, ERROR, SKIPPED, TAGGED, USER_TAG, TrackResult
+
+ResultCallback = Callable[[TrackResult], None]
+
+
+@dataclass
+class Summary:
+    counts: Counter = field(default_factory=Counter)
+    audio_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    total: int = 0
+
+    def add(self, result: TrackResult) -> None:
+        self.counts[result.status] += 1
+        self.audio_seconds += result.duration or 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def failed(self) -> int:
+        return self.counts[ERROR]
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class _Track:
+    path: Path
+    stat: tuple[int, int]
+    pieces: list[np.ndarray] = field(default_factory=list)
+    expected: int = 0  # windows handed to the model so far
+    received: int = 0  # windows whose probabilities came back
+    n_samples: int | None = None  # set once decoding finished
+
+
+def _precheck(path: Path, model_id: str, *, dry_run: bool, force: bool) -> TrackResult | tuple[int, int]:
+    """Everything that can reject a file before inference is spent on it."""
+    try:
+        st = os.stat(path)
+        if not os.access(path, os.R_OK):
+            return TrackResult(str(path), ERROR, error="permission denied (cannot read)")
+        state = tags.read_tags(path)
+        if state.model == model_id and not force:
+            return TrackResult(str(path), SKIPPED, model=model_id, error="already tagged by this model")
+        if state.has_user_instruments and not force:
+            return TrackResult(str(path), USER_TAG, error="has an INSTRUMENTS tag written by a person (use --force)")
+        if not dry_run:
+            tags.check_writable(path)
+    except tags.TagError as exc:
+        return TrackResult(str(path), ERROR, error=str(exc))
+    except OSError as exc:
+        return TrackResult(str(path), ERROR, error=exc.strerror or str(exc))
+    return (st.st_size, st.st_mtime_ns)
+
+
+def tag_paths(
+    paths: Sequence[str | os.PathLike],
+    *,
+    model: TaggerModel,
+    device: str = "auto",
+    jobs: int = 2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dry_run: bool = False,
+    force: bool = False,
+    threshold: float | None = None,
+    aggregation: str | None = None,
+    topk: int | None = None,
+    with_timeline: bool = False,
+    preserve_mtime: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    hidden: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_result: ResultCallback | None = None,
+    summary: Summary | None = None,
+) -> Summary:
+    """Tag every audio file under ``paths``; each finished track goes to ``on_result``."""
+    summary = summary if summary is not None else Summary()
+    aggregation = aggregation or model.aggregation
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}")
+    topk = topk or model.topk
+    thresholds = [threshold] * len(model.labels) if threshold is not None else model.thresholds
+    features = model.features
+    runner = BatchRunner(model, pick_device(device), batch_size)
+
+    def emit(result: TrackResult) -> None:
+        summary.add(result)
+        if on_result:
+            on_result(result)
+
+    files = list(find_audio_files(paths, include=include, exclude=exclude, hidden=hidden))
+    summary.total = len(files)
+    if not dry_run:
+        for folder in folders_of(files):
+            tags.clean_stale_temps(folder)  # leftovers of a run that was killed mid-write
+    if on_start:
+        on_start(len(files))
+
+    tracks: dict[int, _Track] = {}
+    for index, path in enumerate(files):
+        checked = _precheck(path, model.model_id, dry_run=dry_run, force=force)
+        if isinstance(checked, TrackResult):
+            emit(checked)
+        else:
+            tracks[index] = _Track(path, checked)
+
+    def finish(index: int) -> None:
+        track = tracks.pop(index)
+        probs = np.concatenate(track.pieces)
+        scores = aggregate(probs, aggregation, topk=topk)
+        chosen = select_labels(scores, model.labels, thresholds)
+        result = TrackResult(
+            str(track.path),
+            DRY_RUN if dry_run else TAGGED,
+            instruments=[label for label, _ in chosen],
+            scores={label: float(s) for label, s in zip(model.labels, scores)},
+            duration=track.n_samples / features.sample_rate,
+            model=model.model_id,
+        )
+        if with_timeline:
+            result.timeline = timeline(
+                probs,
+                model.labels,
+                thresholds,
+                hop_seconds=features.hop_seconds,
+                window_seconds=features.window_seconds,
+                duration=result.duration,
+            )
+        if not dry_run:
+            try:
+                tags.write_tags(
+                    track.path,
+                    instruments=result.instruments,
+                    scores=dict(chosen),
+                    model_id=model.model_id,
+                    preserve_mtime=preserve_mtime,
+                    expected_stat=track.stat,
+                )
+            except tags.TagError as exc:
+                result.status, result.error = ERROR, str(exc)
+        emit(result)
+
+    def collect(pieces: list[tuple[int, np.ndarray]]) -> None:
+        for index, probs in pieces:
+            track = tracks.get(index)
+            if track is None:  # failed after some windows were queued
+                continue
+            track.pieces.append(probs)
+            track.received += len(probs)
+            if track.n_samples is not None and track.received == track.expected:
+                finish(index)
+
+    items = [(index, str(track.path)) for index, track in tracks.items()]
+    for block in decode_blocks(items, features, jobs=jobs):
+        track = tracks.get(block.track)
+        if track is None:
+            continue
+        if block.error is not None:
+            tracks.pop(block.track)
+            emit(TrackResult(str(track.path), ERROR, error=block.error))
+            continue
+        if block.windows is not None:
+            track.expected += len(block.windows)
+            collect(runner.add(block.track, np.asarray(block.windows)))
+        if block.last:
+            track.n_samples = block.n_samples
+            if track.received == track.expected:
+                finish(block.track)
+    collect(runner.flush())
+    return summary
+
+
+def untag_paths(
+    paths: Sequence[str | os.PathLike],
+    *,
+    dry_run: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    hidden: bool = False,
+    on_result: ResultCallback | None = None,
+) -> Summary:
+    """Remove our fields (only where INSTRUMENTS_MODEL shows they are ours)."""
+    summary = Summary()
+    for path in find_audio_files(paths, include=include, exclude=exclude, hidden=hidden):
+        summary.total += 1
+        try:
+            removed = tags.remove_tags(path, dry_run=dry_run)
+            status = ("would-untag" if dry_run else "untagged") if removed else "unchanged"
+            result = TrackResult(str(path), status)
+        except tags.TagError as exc:
+            result = TrackResult(str(path), ERROR, error=str(exc))
+        except OSError as exc:
+            result = TrackResult(str(path), ERROR, error=exc.strerror or str(exc))
+        summary.add(result)
+        if on_result:
+            on_result(result)
+    return summary

@@ -1,0 +1,284 @@
+"""Training: dataset -> loader -> model -> metrics -> checkpoint.
+
+Clips are decoded once into memory at the model's sample rate; each epoch draws random
+windows from them (labels from note activity inside the window), augments them (random
+gain, mixup, SpecAugment masking), and trains with BCE + per-class pos_weight, AdamW and a
+cosine schedule. Validation scores whole clips the way the tagger scores tracks
+(windows -> aggregate), picks the aggregation, early-stops on mAP and tunes per-class
+thresholds there. Never on a test or held-out split.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio
+from joblib import Parallel, delayed
+
+from tagger.aggregate import aggregate
+from tagger.decode import DecodeError, decode
+from tagger.features import FeatureConfig
+from tagger.infer import pick_device
+from tagger.model import AGGREGATIONS, DEFAULT_ARCH, TaggerModel, new_model, save_checkpoint
+from tagger.windows import iter_window_blocks
+from train.datasets import Clip, split_clips, window_targets
+from train.metrics import evaluate, tune_thresholds
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    arch: str = DEFAULT_ARCH
+    arch_args: dict = field(default_factory=dict)
+    epochs: int = 30
+    steps_per_epoch: int | None = None  # default: one window per training clip per epoch
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: int = 1
+    mixup: float = 0.3  # probability that a batch is mixed with a shuffled copy of itself
+    spec_augment: bool = True
+    patience: int = 8  # epochs without validation mAP gain before stopping
+    seed: int = 0
+    validation: float = 0.15
+    name: str = "tagger"
+    version: str = "1"
+    threads: int | None = None
+
+
+@dataclass
+class _Audio:
+    clip: Clip
+    signal: np.ndarray  # mono float32 at the model rate, from clip.start to clip.end
+    offset: float  # file time of signal[0]
+
+
+def _load_one(clip: Clip, sample_rate: int) -> _Audio | None:
+    try:
+        signal = decode(clip.path, sample_rate=sample_rate)
+    except (DecodeError, OSError):
+        return None
+    start = int(round(clip.start * sample_rate))
+    end = None if clip.end is None else int(round(clip.end * sample_rate))
+    return _Audio(clip, np.ascontiguousarray(signal[start:end]), clip.start)
+
+
+def load_audio(clips: Sequence[Clip], sample_rate: int, *, jobs: int = 2, log: Log = print) -> list[_Audio]:
+    """Decode every clip once (in parallel); undecodable clips are reported and dropped."""
+    loaded = Parallel(n_jobs=jobs, batch_size=16)(delayed(_load_one)(c, sample_rate) for c in clips)
+    kept = [a for a in loaded if a is not None and a.signal.size > 0]
+    if len(kept) < len(clips):
+        log(f"skipped {len(clips) - len(kept)} clip(s) that could not be decoded")
+    return kept
+
+
+def clip_windows(audio: _Audio, features: FeatureConfig) -> np.ndarray:
+    """The windows the tagger would cut from this clip (evaluation uses exactly these)."""
+    blocks = iter_window_blocks(
+        [audio.signal], window=features.window_samples, hop=features.hop_samples, block=1 << 30
+    )
+    return np.concatenate(list(blocks))
+
+
+def _random_window(audio: _Audio, labels: Sequence[str], features: FeatureConfig, rng: random.Random):
+    size = features.window_samples
+    n = audio.signal.size
+    start = rng.randrange(0, n - size + 1) if n > size else 0
+    window = np.zeros(size, np.float32)
+    piece = audio.signal[start : start + size]
+    window[: piece.size] = piece
+    t0 = audio.offset + start / features.sample_rate
+    target = window_targets(audio.clip, labels, t0, t0 + size / features.sample_rate)
+    return window, target
+
+
+def _clip_targets(audios: Sequence[_Audio], labels: Sequence[str]) -> np.ndarray:
+    return np.array([[float(label in a.clip.labels) for label in labels] for a in audios], np.float32)
+
+
+@torch.no_grad()
+def predict_clips(model: TaggerModel, audios: Sequence[_Audio], device: torch.device, batch_size: int = 128) -> list[np.ndarray]:
+    """Per-clip window probabilities ``[windows, labels]``, windows cut as the tagger cuts them."""
+    model.network.eval()
+    per_clip = [clip_windows(a, model.features) for a in audios]
+    flat = np.concatenate(per_clip)
+    probs = []
+    for i in range(0, len(flat), batch_size):
+        batch = torch.from_numpy(flat[i : i + batch_size]).to(device)
+        probs.append(torch.sigmoid(model.logits(batch).float()).cpu().numpy())
+    probs_all = np.concatenate(probs)
+    bounds = np.cumsum([0] + [len(w) for w in per_clip])
+    return [probs_all[bounds[i] : bounds[i + 1]] for i in range(len(per_clip))]
+
+
+def score_clips(window_probs: Sequence[np.ndarray], method: str, topk: int = 3) -> np.ndarray:
+    return np.stack([aggregate(p, method, topk=topk) for p in window_probs])
+
+
+def _pos_weight(audios: Sequence[_Audio], labels: Sequence[str]) -> torch.Tensor:
+    """sqrt(neg/pos) per class, clipped: rare labels count more without exploding."""
+    targets = _clip_targets(audios, labels)
+    pos = targets.sum(axis=0)
+    neg = len(targets) - pos
+    return torch.tensor(np.clip(np.sqrt((neg + 1) / (pos + 1)), 1.0, 8.0), dtype=torch.float32)
+
+
+def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_model(
+    clips: Sequence[Clip],
+    labels: Sequence[str],
+    *,
+    out: str | os.PathLike,
+    config: TrainConfig | None = None,
+    features: FeatureConfig | None = None,
+    validation_clips: Sequence[Clip] | None = None,
+    device: str = "auto",
+    jobs: int = 2,
+    resume: bool = False,
+    log: Log = print,
+) -> TaggerModel:
+    """Train on ``clips`` (validation split by group unless given) and write ``out``."""
+    config = config or TrainConfig()
+    features = features or FeatureConfig()
+    labels = list(labels)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    rng = random.Random(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dev = pick_device(device)
+
+    if validation_clips is None:
+        clips, validation_clips = split_clips(clips, validation=config.validation, seed=config.seed)
+    if not clips or not validation_clips:
+        raise ValueError("need training and validation clips (got %d and %d)" % (len(clips), len(validation_clips or [])))
+    t0 = time.perf_counter()
+    train_audio = load_audio(clips, features.sample_rate, jobs=jobs, log=log)
+    val_audio = load_audio(validation_clips, features.sample_rate, jobs=jobs, log=log)
+    log(f"decoded {len(train_audio)} training and {len(val_audio)} validation clips in {time.perf_counter() - t0:.0f} s")
+
+    model = new_model(labels, arch=config.arch, arch_args=config.arch_args, features=features, name=config.name, version=config.version)
+    model.to(dev)
+    net = model.network
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=_pos_weight(train_audio, labels).to(dev))
+    freq_mask = torchaudio.transforms.FrequencyMasking(freq_mask_param=max(1, features.n_mels // 8), iid_masks=True)
+    time_mask = torchaudio.transforms.TimeMasking(time_mask_param=max(1, features.n_frames // 8), iid_masks=True)
+    use_amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(train_audio) / config.batch_size))
+    total_steps = steps_per_epoch * config.epochs
+    state_path = Path(f"{out}.state")
+    start_epoch, best_map, best_epoch, history = 0, -1.0, -1, []
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_map, best_epoch = state["epoch"] + 1, state["best_map"], state["best_epoch"]
+        history = list(state["history"])
+        rng.seed(config.seed + start_epoch)
+        log(f"resumed from {state_path} at epoch {start_epoch}")
+
+    val_targets = _clip_targets(val_audio, labels)
+    for epoch in range(start_epoch, config.epochs):
+        net.train()
+        epoch_loss, t_epoch = 0.0, time.perf_counter()
+        for step in range(steps_per_epoch):
+            global_step = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(global_step, total_steps, config.warmup_epochs * steps_per_epoch, config.lr)
+            pairs = [_random_window(rng.choice(train_audio), labels, features, rng) for _ in range(config.batch_size)]
+            x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
+            y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
+            x = x * torch.empty(len(x), 1, device=dev).uniform_(0.25, 1.5)  # random gain
+            if rng.random() < config.mixup:
+                # Multi-label mixup: both mixes' instruments sound, so the targets unite.
+                perm = torch.randperm(len(x), device=dev)
+                lam = torch.empty(len(x), 1, device=dev).uniform_(0.3, 0.7)
+                x = lam * x + (1 - lam) * x[perm]
+                y = torch.maximum(y, y[perm])
+            with torch.autocast(dev.type, enabled=use_amp, dtype=torch.float16):
+                spec = model.front(x)
+                if config.spec_augment:
+                    spec = time_mask(freq_mask(spec))
+                loss = loss_fn(net(spec).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            epoch_loss += loss.item()
+
+        window_probs = predict_clips(model, val_audio, dev)
+        by_method = {m: evaluate(val_targets, score_clips(window_probs, m, model.topk), labels, [0.5] * len(labels)) for m in AGGREGATIONS}
+        val_map = max(m["map"] or 0.0 for m in by_method.values())
+        history.append({"epoch": epoch, "loss": epoch_loss / steps_per_epoch, "val_map": val_map})
+        improved = val_map > best_map
+        if improved:
+            best_map, best_epoch = val_map, epoch
+            save_checkpoint(model, f"{out}.best")
+        log(
+            f"epoch {epoch + 1}/{config.epochs}: loss {epoch_loss / steps_per_epoch:.4f}, "
+            f"val mAP {val_map:.3f}{' *' if improved else ''} ({time.perf_counter() - t_epoch:.0f} s)"
+        )
+        state = {"network": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "best_map": best_map, "best_epoch": best_epoch, "history": history}
+        tmp = state_path.with_name(state_path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, state_path)
+        if epoch - best_epoch >= config.patience:
+            log(f"early stop: no validation mAP gain for {config.patience} epochs")
+            break
+
+    # Finish from the best epoch: choose aggregation and thresholds on validation.
+    from tagger.model import load_model
+
+    best = load_model(f"{out}.best").to(dev)
+    window_probs = predict_clips(best, val_audio, dev)
+    results = {}
+    for method in AGGREGATIONS:
+        scores = score_clips(window_probs, method, best.topk)
+        thresholds = tune_thresholds(val_targets, scores)
+        results[method] = (evaluate(val_targets, scores, labels, thresholds), thresholds)
+    method = max(results, key=lambda m: (results[m][0]["macro_f1"], results[m][0]["map"] or 0))
+    metrics, thresholds = results[method]
+    best.aggregation, best.thresholds = method, thresholds
+    best.metrics = {"validation": metrics}
+    best.training = {
+        "config": {k: v for k, v in vars(config).items()},
+        "train_clips": len(train_audio),
+        "validation_clips": len(val_audio),
+        "best_epoch": best_epoch + 1,
+        "history": history,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    save_checkpoint(best, out)
+    Path(f"{out}.best").unlink(missing_ok=True)
+    state_path.unlink(missing_ok=True)
+    log(f"saved {out}: aggregation {method}, validation macro F1 {metrics['macro_f1']:.3f}, mAP {metrics['map'] or 0:.3f}")
+    return best
+
+
+def evaluate_model(model: TaggerModel, clips: Sequence[Clip], *, device: str = "auto", jobs: int = 2, log: Log = print) -> dict:
+    """Clip-level metrics with the model's own aggregation and thresholds."""
+    dev = pick_device(device)
+    model.to(dev)
+    audios = load_audio(clips, model.features.sample_rate, jobs=jobs, log=log)
+    if not audios:
+        raise ValueError("no decodable clips to evaluate")
+    scores = score_clips(predict_clips(model, audios, dev), model.aggregation, model.topk)
+    return evaluate(_clip_targets(audios, model.labels), scores, model.labels, model.thresholds)
