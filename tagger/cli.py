@@ -269,3 +269,121 @@ def _import_train(module: str):
 
 if __name__ == "__main__":
     main()
+
+
+def _load_clips(datasets, data_format: str, labels, split: str | None):
+    datasets_mod = _import_train("train.datasets")
+    clips = []
+    for root in datasets:
+        try:
+            clips += datasets_mod.load_dataset(root, format=data_format, labels=labels, split=split)
+        except (ValueError, OSError) as exc:
+            raise click.UsageError(f"{root}: {exc}") from None
+    if not clips:
+        raise click.UsageError("no clips found in " + ", ".join(datasets))
+    return clips
+
+
+def _log(message: str) -> None:
+    stderr.print(message, markup=False, highlight=False)
+
+
+@main.command(name="train")
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--format", "data_format", type=click.Choice(["auto", "slakh", "irmas", "manifest"]), default="auto", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
+@click.option("--validation-data", multiple=True, type=click.Path(exists=True), help="Validation data (default: a split of DATASETS by track/recording).")
+@click.option("--arch", type=click.Choice(["tagnet", "han", "instrunet"]), default="tagnet", show_default=True)
+@click.option("--widths", help="Channel widths per stage, e.g. 32,64,128,256 (default: the architecture's).")
+@click.option("--labels", "label_set", type=click.Choice(["default", "irmas"]), default=None, help="Label set (default: irmas for IRMAS data, else the GM-derived default).")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--steps-per-epoch", type=click.IntRange(1), help="Batches per epoch (default: clips / batch size).")
+@click.option("--batch-size", type=click.IntRange(2), default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--patience", type=click.IntRange(1), default=8, show_default=True, help="Early stopping on validation mAP.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--window-seconds", type=float, default=None, help="Window length (default 3.0).")
+@click.option("--name", default="tagger", show_default=True, help="Model name written into tags.")
+@click.option("--model-version", default="1", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--jobs", "-j", type=click.IntRange(1), default=2, show_default=True, help="Decoding processes.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.state after an interruption.")
+def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_set, epochs, steps_per_epoch, batch_size,
+              lr, patience, seed, window_seconds, name, model_version, device, jobs, resume) -> None:
+    """Train a model on Slakh-layout (rendered or real), IRMAS or manifest data."""
+    loop = _import_train("train.loop")
+    taxonomy = _import_train("train.taxonomy")
+    from tagger.features import FeatureConfig
+
+    if label_set is None:
+        label_set = "irmas" if data_format == "irmas" else "default"
+    labels = list(taxonomy.LABELS if label_set == "default" else _import_train("train.datasets").IRMAS_LABELS)
+    clips = _load_clips(datasets, data_format, labels, None)
+    validation = _load_clips(validation_data, data_format, labels, None) if validation_data else None
+    arch_args = {"widths": [int(w) for w in widths.split(",")]} if widths else {}
+    config = loop.TrainConfig(
+        arch=arch, arch_args=arch_args, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
+        patience=patience, seed=seed, name=name, version=model_version,
+    )
+    features = FeatureConfig(window_seconds=window_seconds) if window_seconds else FeatureConfig()
+    try:
+        loop.train_model(clips, labels, out=out, config=config, features=features, validation_clips=validation,
+                         device=device, jobs=jobs, resume=resume, log=_log)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command(name="eval")
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
+@click.option("--format", "data_format", type=click.Choice(["auto", "slakh", "irmas", "manifest"]), default="auto", show_default=True)
+@click.option("--split", help="Only this split when the dataset defines splits (e.g. test).")
+@click.option("--json", "as_json", is_flag=True, help="Also print the metrics as JSON on stdout.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--jobs", "-j", type=click.IntRange(1), default=2, show_default=True)
+def eval_cmd(datasets, model_path, data_format, split, as_json, device, jobs) -> None:
+    """Clip-level F1, mAP, per-class precision/recall/F1/AP of a model on labelled data."""
+    loop = _import_train("train.loop")
+    metrics_mod = _import_train("train.metrics")
+    model = _load_model(model_path)
+    clips = _load_clips(datasets, data_format, model.labels, split)
+    try:
+        metrics = loop.evaluate_model(model, clips, device=device, jobs=jobs, log=_log)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    stderr.print(metrics_mod.format_table(metrics), markup=False, highlight=False)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+
+
+@main.group()
+def dataset() -> None:
+    """Make training data."""
+
+
+@dataset.command(name="render")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--tracks", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--soundfont", "soundfonts", multiple=True, help="SoundFont path or name (fluidr3, timgm6mb, freepats); repeatable. Default: every font found but freepats.")
+@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("--sample-rate", type=int, default=16000, show_default=True)
+@click.option("--midi-dir", type=click.Path(exists=True, file_okay=False), help="Render excerpts of these MIDI files instead of generated arrangements.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--start-index", type=click.IntRange(0), default=0, show_default=True, help="First track number (to grow a dataset).")
+@click.option("--jobs", "-j", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--no-augment", is_flag=True, help="No gain/EQ/reverb/resampling/lossy variety.")
+def dataset_render(out_dir, tracks, soundfonts, seconds, sample_rate, midi_dir, seed, start_index, jobs, no_augment) -> None:
+    """Render MIDI with SoundFonts into a labelled dataset in the Slakh2100 layout."""
+    render = _import_train("train.render")
+    found = render.find_soundfonts()
+    if not soundfonts:
+        soundfonts = [path for name, path in found.items() if name != "freepats"]
+    fonts = [found.get(f, f) for f in soundfonts]
+    try:
+        written = render.render_dataset(
+            out_dir, n_tracks=tracks, soundfonts=fonts, seed=seed, seconds=seconds, sample_rate=sample_rate,
+            midi_dir=midi_dir, jobs=jobs, start_index=start_index, progress=True, augment=not no_augment,
+        )
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    stderr.print(f"{len(written)} tracks in {out_dir}")
