@@ -107,7 +107,7 @@ def _print_summary(summary, *, interrupted: bool, quiet: bool) -> None:
 
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
+@click.option("--model", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(0), default=2, show_default=True, help="Decoding worker processes (0: decode in the main process).")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Windows per model batch (mixed across tracks).")
@@ -117,28 +117,29 @@ def _print_summary(summary, *, interrupted: bool, quiet: bool) -> None:
 @click.option("--dry-run", "-n", is_flag=True, help="Analyse and report, write nothing to audio files.")
 @click.option("--force", "-f", is_flag=True, help="Re-tag files tagged by this model and overwrite person-written INSTRUMENTS tags.")
 @click.option("--preserve-mtime", is_flag=True, help="Keep each file's modification time.")
-@click.option("--report", "report_path", metavar="FILE", help="Write a report (- for stdout); format from the extension.")
+@click.option("--report", metavar="FILE", help="Write a report (- for stdout); format from the extension.")
 @click.option("--report-format", type=click.Choice(["csv", "json", "jsonl"]), help="Report format (default: from FILE's extension; jsonl for -).")
 @click.option("--timeline", is_flag=True, help="Add per-instrument time segments to JSON/JSONL reports.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; summary only when something failed.")
 @click.option("--verbose", "-v", is_flag=True, help="One line per file, and tracebacks for unexpected errors.")
 @_selection_options
-def tag(paths, model_path, device, jobs, batch_size, threshold, aggregation, topk, dry_run, force, preserve_mtime,
-        report_path, report_format, timeline, quiet, verbose, include, exclude, hidden) -> None:
+def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dry_run, force, preserve_mtime,
+        report, report_format, timeline, quiet, verbose, include, exclude, hidden) -> None:
     """Analyse audio files under PATHS and write INSTRUMENTS tags."""
     from tagger.infer import pick_device
     from tagger.pipeline import Summary, tag_paths
     from tagger.report import ERROR, open_report
 
-    model = _load_model(model_path)
+    model_file, report_file = model, report  # option names double as config-file keys
+    model = _load_model(model_file)
     try:
         pick_device(device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     report = None
-    if report_path:
+    if report_file:
         try:
-            report = open_report(report_path, report_format, model.labels)
+            report = open_report(report_file, report_format, model.labels)
         except (ValueError, OSError) as exc:
             raise click.UsageError(f"--report: {exc}") from None
     summary = Summary()
@@ -201,11 +202,11 @@ def untag(paths, dry_run, quiet, include, exclude, hidden) -> None:
 
 
 @main.command(name="models")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
+@click.option("--model", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON on stdout.")
-def models_cmd(model_path, as_json) -> None:
+def models_cmd(model, as_json) -> None:
     """Show the model: labels, thresholds, feature settings, metrics."""
-    model = _load_model(model_path)
+    model = _load_model(model)
     info = {
         "path": model.path,
         "model_id": model.model_id,
@@ -335,17 +336,17 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
 
 @main.command(name="eval")
 @click.argument("datasets", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
+@click.option("--model", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
 @click.option("--format", "data_format", type=click.Choice(["auto", "slakh", "irmas", "manifest"]), default="auto", show_default=True)
 @click.option("--split", help="Only this split when the dataset defines splits (e.g. test).")
 @click.option("--json", "as_json", is_flag=True, help="Also print the metrics as JSON on stdout.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(1), default=2, show_default=True)
-def eval_cmd(datasets, model_path, data_format, split, as_json, device, jobs) -> None:
+def eval_cmd(datasets, model, data_format, split, as_json, device, jobs) -> None:
     """Clip-level F1, mAP, per-class precision/recall/F1/AP of a model on labelled data."""
     loop = _import_train("train.loop")
     metrics_mod = _import_train("train.metrics")
-    model = _load_model(model_path)
+    model = _load_model(model)
     clips = _load_clips(datasets, data_format, model.labels, split)
     try:
         metrics = loop.evaluate_model(model, clips, device=device, jobs=jobs, log=_log)

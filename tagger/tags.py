@@ -194,7 +194,8 @@ def _state(audio: Any, kind: str) -> TagState:
         return TagState((), None, None)
     store = _STORAGE[kind]
     # Split on ";" too: v2.3 files and other taggers store lists joined in one value.
-    instruments = tuple(p.strip() for v in store.get(audio.tags, FIELD_INSTRUMENTS) for p in v.split(";") if p.strip())
+    raw = store.get(audio.tags, FIELD_INSTRUMENTS)
+    instruments = tuple(p.strip() for v in raw for p in v.split(";") if p.strip())
     scores = store.get(audio.tags, FIELD_SCORES)
     model = store.get(audio.tags, FIELD_MODEL)
     return TagState(instruments, _V23_SEP.join(scores) if scores else None, model[0] if model else None)
@@ -281,9 +282,11 @@ def _in_place_allowed(audio: Any) -> bool:
     return True
 
 
-def _try_in_place(audio: Any, kind: str) -> bool:
-    """Save only if the tags fit the existing room; False (file untouched) otherwise."""
-    if not _in_place_allowed(audio):
+def _try_in_place(audio: Any, kind: str, values: dict[str, list[str]]) -> bool:
+    """Apply values and save only if they fit the existing room; False (file untouched) otherwise."""
+    allowed = _in_place_allowed(audio)  # judged before _apply, which adds missing tags
+    _apply(audio, kind, values)
+    if not allowed:
         return False
     try:
         _save(audio, kind, _fit_or_abort)
@@ -397,9 +400,8 @@ def _write_fields(path: str | os.PathLike[str], values: dict[str, list[str]], *,
             wanted[FIELD_INSTRUMENTS] = [_V23_SEP.join(values[FIELD_INSTRUMENTS])]
         if current == wanted:
             return False  # nothing to do: leave bytes and mtime alone
-    _apply(audio, kind, values)
     try:
-        done = _try_in_place(audio, kind)
+        done = _try_in_place(audio, kind, values)
     except Exception as exc:
         raise TagError(_os_message(exc) or f"could not write tags ({type(exc).__name__}: {exc})") from exc
     if done:
