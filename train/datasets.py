@@ -122,6 +122,14 @@ def _load_slakh_track(track_dir: Path, root: Path, labels: Sequence[str]) -> Cli
         found = midi_segments(midi) if midi.is_file() else ((0.0, math.inf),)
         segments.setdefault(label, []).extend(found)
     activity = {label: merge_segments(segs) for label, segs in segments.items()}
+    if isinstance(meta.get("label_activity"), Mapping):
+        # Our renderer measured when each label is audible in the mix (notes gated by stem
+        # energy): more exact than note on/off, so it wins where present.
+        activity = {
+            label: tuple((float(s), float(e)) for s, e in segs)
+            for label, segs in meta["label_activity"].items()
+            if label in labels and segs
+        }
     # The source MIDI's id groups re-renders and Slakh's duplicated arrangements together.
     group = str(meta.get("UUID") or track_dir.name)
     return Clip(
