@@ -329,7 +329,7 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
     features = FeatureConfig(window_seconds=window_seconds) if window_seconds else FeatureConfig()
     try:
         loop.train_model(clips, labels, out=out, config=config, features=features, validation_clips=validation,
-                         device=device, jobs=jobs, resume=resume, log=_log)
+                         device=device, jobs=jobs, resume=resume, progress=True, log=_log)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -342,7 +342,8 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
 @click.option("--json", "as_json", is_flag=True, help="Also print the metrics as JSON on stdout.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(1), default=2, show_default=True)
-def eval_cmd(datasets, model, data_format, split, as_json, device, jobs) -> None:
+@click.option("--record", metavar="NAME", help="Store the metrics in the model file under NAME (e.g. heldout); `tagger models` shows them.")
+def eval_cmd(datasets, model, data_format, split, as_json, device, jobs, record) -> None:
     """Clip-level F1, mAP, per-class precision/recall/F1/AP of a model on labelled data."""
     loop = _import_train("train.loop")
     metrics_mod = _import_train("train.metrics")
@@ -353,6 +354,12 @@ def eval_cmd(datasets, model, data_format, split, as_json, device, jobs) -> None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     stderr.print(metrics_mod.format_table(metrics), markup=False, highlight=False)
+    if record:
+        from tagger.model import save_checkpoint
+
+        model.metrics[record] = {**metrics, "data": [str(d) for d in datasets]}
+        save_checkpoint(model, model.path)
+        stderr.print(f"recorded as {record!r} in {model.path}")
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
 

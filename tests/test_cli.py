@@ -244,3 +244,42 @@ def test_sigkill_mid_run_leaves_every_file_whole(tmp_path, tiny_model_path):
         assert _run("tag", str(folder), "--model", str(tiny_model_path), "-q").exit_code == 0
         assert not [p for p in folder.iterdir() if tags.TEMP_MARKER in p.name]
         assert all(set(tags.read_tags(p).instruments) == EXPECTED for p in folder.glob("*.flac"))
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary_and_exit_130(tmp_path, tiny_model_path):
+    source = tmp_path / "source.flac"
+    make_audio_file(source, "flac", seconds=3.0, seed=3)
+    folder = tmp_path / "music"
+    folder.mkdir()
+    for i in range(40):
+        shutil.copy(source, folder / f"{i:02d}.flac")
+    mtimes = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    proc = subprocess.Popen([_console_script(), "tag", str(folder), "--model", str(tiny_model_path), "-j", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.stat().st_mtime_ns != m for p, m in mtimes.items()):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    for path in folder.glob("*.flac"):  # every file is either untouched or fully tagged
+        assert set(tags.read_tags(path).instruments) in (set(), EXPECTED)
+
+
+def test_a_folder_with_ten_thousand_entries(tmp_path, tiny_model_path):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(9990):
+        (folder / f"note {i:05d}.txt").touch()
+    for i in range(10):
+        (folder / f"empty {i}.flac").touch()
+    result = _run("tag", str(folder), "--model", str(tiny_model_path), "--report", "-", "-q")
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 10 and {r["status"] for r in rows} == {"error"}
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error: ")]) == 10

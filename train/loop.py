@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torchaudio
 from joblib import Parallel, delayed
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tagger.aggregate import aggregate
 from tagger.decode import DecodeError, decode
@@ -138,6 +140,36 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+
+def _train_step(global_step, model, optimizer, scaler, loss_fn, masks, train_audio, labels, config, total_steps,
+                steps_per_epoch, rng, dev) -> float:
+    """One batch: random windows, random gain, multi-label mixup, SpecAugment, AdamW step."""
+    features = model.features
+    for group in optimizer.param_groups:
+        group["lr"] = _lr_at(global_step, total_steps, config.warmup_epochs * steps_per_epoch, config.lr)
+    pairs = [_random_window(rng.choice(train_audio), labels, features, rng) for _ in range(config.batch_size)]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
+    y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
+    x = x * torch.empty(len(x), 1, device=dev).uniform_(0.25, 1.5)  # random gain
+    if rng.random() < config.mixup:
+        # Multi-label mixup: both mixes' instruments sound, so the targets unite.
+        perm = torch.randperm(len(x), device=dev)
+        lam = torch.empty(len(x), 1, device=dev).uniform_(0.3, 0.7)
+        x = lam * x + (1 - lam) * x[perm]
+        y = torch.maximum(y, y[perm])
+    with torch.autocast(dev.type, enabled=scaler.is_enabled(), dtype=torch.float16):
+        spec = model.front(x)
+        if config.spec_augment:
+            for mask in masks:
+                spec = mask(spec)
+        loss = loss_fn(model.network(spec).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
+
+
 def train_model(
     clips: Sequence[Clip],
     labels: Sequence[str],
@@ -149,6 +181,7 @@ def train_model(
     device: str = "auto",
     jobs: int = 2,
     resume: bool = False,
+    progress: bool = False,
     log: Log = print,
 ) -> TaggerModel:
     """Train on ``clips`` (validation split by group unless given) and write ``out``."""
@@ -178,8 +211,7 @@ def train_model(
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=_pos_weight(train_audio, labels).to(dev))
     freq_mask = torchaudio.transforms.FrequencyMasking(freq_mask_param=max(1, features.n_mels // 8), iid_masks=True)
     time_mask = torchaudio.transforms.TimeMasking(time_mask_param=max(1, features.n_frames // 8), iid_masks=True)
-    use_amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")  # AMP on CUDA only
 
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(train_audio) / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
@@ -195,33 +227,20 @@ def train_model(
         log(f"resumed from {state_path} at epoch {start_epoch}")
 
     val_targets = _clip_targets(val_audio, labels)
+    bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True, disable=not progress)
     for epoch in range(start_epoch, config.epochs):
         net.train()
         epoch_loss, t_epoch = 0.0, time.perf_counter()
-        for step in range(steps_per_epoch):
-            global_step = epoch * steps_per_epoch + step
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(global_step, total_steps, config.warmup_epochs * steps_per_epoch, config.lr)
-            pairs = [_random_window(rng.choice(train_audio), labels, features, rng) for _ in range(config.batch_size)]
-            x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
-            y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
-            x = x * torch.empty(len(x), 1, device=dev).uniform_(0.25, 1.5)  # random gain
-            if rng.random() < config.mixup:
-                # Multi-label mixup: both mixes' instruments sound, so the targets unite.
-                perm = torch.randperm(len(x), device=dev)
-                lam = torch.empty(len(x), 1, device=dev).uniform_(0.3, 0.7)
-                x = lam * x + (1 - lam) * x[perm]
-                y = torch.maximum(y, y[perm])
-            with torch.autocast(dev.type, enabled=use_amp, dtype=torch.float16):
-                spec = model.front(x)
-                if config.spec_augment:
-                    spec = time_mask(freq_mask(spec))
-                loss = loss_fn(net(spec).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            epoch_loss += loss.item()
+        with bar:
+            task = bar.add_task("train", total=steps_per_epoch, epoch=epoch + 1)
+            for step in range(steps_per_epoch):
+                bar.advance(task)
+                epoch_loss += _train_step(
+                    epoch * steps_per_epoch + step, model, optimizer, scaler, loss_fn, (freq_mask, time_mask),
+                    train_audio, labels, config, total_steps, steps_per_epoch, rng, dev,
+                )
+            bar.remove_task(task)
 
         window_probs = predict_clips(model, val_audio, dev)
         by_method = {m: evaluate(val_targets, score_clips(window_probs, m, model.topk), labels, [0.5] * len(labels)) for m in AGGREGATIONS}
