@@ -247,8 +247,7 @@ main.add_command(models_cmd, name="info")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(folder, tracks, seed) -> None:
     """Render a demo folder of multi-instrument tracks (mixed formats) to tag."""
-    render = _import_train("train.render")
-    paths = render.render_demo(folder, n_tracks=tracks, seed=seed)
+    paths = _import_train("train.demo").render_demo(folder, n_tracks=tracks, seed=seed)
     for path in paths:
         click.echo(str(path))
     stderr.print(f"{len(paths)} demo tracks in {folder}; now try: tagger tag {folder}")

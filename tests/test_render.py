@@ -15,15 +15,17 @@ from train.render import (
     apply_sustain,
     find_soundfonts,
     render_dataset,
-    render_demo,
     render_midi,
     soundfont_family,
     window_labels,
 )
+from train.demo import render_demo
 from train.taxonomy import LABELS, label_for_program
 
-SLAKH_META = Path("/work/shared/fixtures/dataset-layouts/slakh/babyslakh_16k/Track00001/metadata.yaml")
-LAKH_MIDI = Path("/work/shared/fixtures/dataset-layouts/slakh/babyslakh_16k")
+# ../shared beside the repository (a copy of it sits beside CI's clone too)
+BABYSLAKH = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dataset-layouts" / "slakh" / "babyslakh_16k"
+SLAKH_META = BABYSLAKH / "Track00001" / "metadata.yaml"
+LAKH_MIDI = BABYSLAKH
 STEM_KEYS = {"audio_rendered", "inst_class", "integrated_loudness", "is_drum", "midi_program_name",
              "midi_saved", "plugin_name", "program_num"}
 TOP_KEYS = {"UUID", "audio_dir", "lmd_midi_dir", "midi_dir", "normalization_factor", "normalized",
@@ -193,10 +195,10 @@ def test_demo(tmp_path: Path) -> None:
 
 
 def test_bundled_font_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    import train.render as render
+    import train.soundfonts as soundfonts
 
-    monkeypatch.setattr(render, "_SEARCH_DIRS", ())
+    monkeypatch.setattr(soundfonts, "_SEARCH_DIRS", ())
     monkeypatch.setattr(shutil, "which", lambda _: None)
-    fonts = render.find_soundfonts()
+    fonts = soundfonts.find_soundfonts()
     assert list(fonts) == ["timgm6mb"] and Path(fonts["timgm6mb"]).parent == Path(pretty_midi.__file__).parent
     assert soundfont_family(fonts["timgm6mb"]) == "timgm"

@@ -1,24 +1,20 @@
 """Data engine: MIDI + SoundFonts -> labelled mixes on disk in the Slakh2100 layout.
 
-Every instrument (stem) is rendered on its own, with ``tinysoundfont`` for .sf2 files or
-the ``timidity`` command line for the held-out ``freepats`` font family, then mixed.
-Labels come from the MIDI (note on/off plus a short release) and are kept only where the
-stem's rendered audio is actually audible, because some fonts have silent presets.
+Every instrument (stem) is rendered on its own (``train.soundfonts``), then mixed, with
+optional augmentation (``train.effects``). Labels come from the MIDI (note on/off plus a
+short release) and are kept only where the stem's rendered audio is actually audible,
+because some fonts have silent presets. The font helpers and ``render_demo`` (in
+``train.demo``) stay importable from here.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import pretty_midi
 import soundfile as sf
@@ -27,32 +23,28 @@ import torchaudio.functional as AF
 import yaml
 
 from train.arrange import generate_arrangement
+from train.effects import eq, lossy, reverb
+from train.soundfonts import (
+    FREEPATS,
+    SOUNDFONT_FAMILIES,
+    apply_sustain,
+    best_soundfont,
+    crop,
+    excerpt,
+    find_soundfonts,
+    render_stem,
+    resolve_soundfont,
+    soundfont_family,
+    soundfont_name,
+)
 from train.taxonomy import label_for_program
 
-FREEPATS = "freepats"
-FREEPATS_CFG = "/etc/timidity/freepats.cfg"
+__all__ = ["FREEPATS", "SOUNDFONT_FAMILIES", "RenderedMix", "Stem", "apply_sustain", "best_soundfont",
+           "excerpt", "find_soundfonts", "label_activity", "render_dataset", "render_midi",
+           "render_stem", "resolve_soundfont", "soundfont_family", "soundfont_name", "track_dir",
+           "window_labels"]
 
-# Font name (lower-case file name, stem or short name) -> family. Fonts of one family
-# share samples, so evaluation must hold out a whole family, not just one file.
-SOUNDFONT_FAMILIES: dict[str, str] = {
-    "fluidr3": "fluid",
-    "fluidr3_gm": "fluid",
-    "fluidr3_gm.sf2": "fluid",
-    "fluidr3_gs.sf2": "fluid",
-    "musescore": "fluid",  # MuseScore General is derived from FluidR3
-    "musescore_general": "fluid",
-    "musescore_general.sf2": "fluid",
-    "musescore_general.sf3": "fluid",
-    "timgm6mb": "timgm",
-    "timgm6mb.sf2": "timgm",
-    FREEPATS: "freepats",
-}
 
-_SEARCH_DIRS = ("/usr/share/sounds/sf2", "/usr/share/soundfonts", "/usr/share/sounds/sf3",
-                "/usr/local/share/soundfonts", os.path.expanduser("~/.local/share/soundfonts"))
-_KNOWN_FILES = {"fluidr3": ("FluidR3_GM.sf2",), "musescore": ("MuseScore_General.sf2",),
-                "timgm6mb": ("TimGM6mb.sf2",)}
-_BEST_FIRST = ("fluidr3", "musescore", "timgm6mb", FREEPATS)
 
 _RENDER_RATES = (16000, 22050, 32000, 44100)
 _RENDER_RATE_P = (0.25, 0.3, 0.2, 0.25)
@@ -84,287 +76,6 @@ class RenderedMix:
     render_sample_rate: int = 0
     gain: float = 1.0  # overall gain applied to mix and stems (Slakh's overall_gain)
     effects: dict[str, object] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------- soundfonts
-
-
-def soundfont_name(spec: str) -> str:
-    """Short, lower-case name of a font spec (path or ``freepats``)."""
-    if spec == FREEPATS:
-        return FREEPATS
-    file_name = Path(os.path.realpath(spec)).name
-    for short, files in _KNOWN_FILES.items():
-        if file_name in files:
-            return short
-    return Path(file_name).stem.lower()
-
-
-def soundfont_family(spec: str) -> str:
-    """Family of a font spec; an unknown font is a family of its own."""
-    name = soundfont_name(spec)
-    for key in (name, Path(spec).name.lower(), Path(os.path.realpath(spec)).name.lower()):
-        if key in SOUNDFONT_FAMILIES:
-            return SOUNDFONT_FAMILIES[key]
-    return name
-
-
-def find_soundfonts() -> dict[str, str]:
-    """Fonts available here by short name: path to .sf2, or ``"freepats"`` for timidity."""
-    found: dict[str, str] = {}
-    for short, files in _KNOWN_FILES.items():
-        for d in _SEARCH_DIRS:
-            hits = [Path(d, f) for f in files if Path(d, f).is_file()]
-            if hits:
-                found[short] = str(hits[0])
-                break
-    if "timgm6mb" not in found:  # pip-only installs still have pretty_midi's copy
-        bundled = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
-        if bundled.is_file():
-            found["timgm6mb"] = str(bundled)
-    if shutil.which("timidity") and Path(FREEPATS_CFG).is_file():
-        found[FREEPATS] = FREEPATS
-    return found
-
-
-def resolve_soundfont(spec: str) -> str:
-    """Accept a short name from ``find_soundfonts`` or a path / ``freepats``."""
-    fonts = find_soundfonts()
-    if spec in fonts:
-        return fonts[spec]
-    if spec == FREEPATS or Path(spec).is_file():
-        return spec
-    raise FileNotFoundError(f"soundfont {spec!r} not found (available: {sorted(fonts)})")
-
-
-def best_soundfont() -> str:
-    fonts = find_soundfonts()
-    return next(fonts[n] for n in _BEST_FIRST if n in fonts)
-
-
-# ---------------------------------------------------------------- MIDI helpers
-
-
-def apply_sustain(inst: pretty_midi.Instrument) -> pretty_midi.Instrument:
-    """Copy of ``inst`` with note-offs held by the sustain pedal (CC64) extended and CC64
-    removed: tinysoundfont ignores the pedal. A held note stops when its key is struck again."""
-    ccs = sorted((c for c in inst.control_changes if c.number == 64), key=lambda c: c.time)
-    out = pretty_midi.Instrument(inst.program, inst.is_drum, inst.name)
-    out.control_changes = [c for c in inst.control_changes if c.number != 64]
-    out.pitch_bends = list(inst.pitch_bends)
-    downs: list[tuple[float, float]] = []
-    down_at: float | None = None
-    for c in ccs:
-        if c.value >= 64 and down_at is None:
-            down_at = c.time
-        elif c.value < 64 and down_at is not None:
-            downs.append((down_at, c.time))
-            down_at = None
-    if down_at is not None:  # pedal never released (e.g. cut excerpt): hold to the last note-off
-        downs.append((down_at, max([down_at, *(n.end for n in inst.notes)])))
-    by_pitch: dict[int, list[float]] = {}
-    for n in inst.notes:
-        by_pitch.setdefault(n.pitch, []).append(n.start)
-    for starts in by_pitch.values():
-        starts.sort()
-    for n in inst.notes:
-        end = n.end
-        for d, u in downs:
-            if d <= n.end < u:
-                restrike = [s for s in by_pitch[n.pitch] if n.end <= s < u and s > n.start]
-                end = max(n.end, min([u, *restrike]))
-                break
-        out.notes.append(pretty_midi.Note(n.velocity, n.pitch, n.start, end))
-    return out
-
-
-def excerpt(midi: pretty_midi.PrettyMIDI, start: float, seconds: float) -> pretty_midi.PrettyMIDI:
-    """Notes and controls of ``midi`` inside [start, start+seconds), shifted to 0.
-    Notes already sounding at ``start`` are kept, re-struck at 0 (they do sound there)."""
-    end = start + seconds
-    out = pretty_midi.PrettyMIDI(initial_tempo=120.0)
-    for inst in midi.instruments:
-        new = pretty_midi.Instrument(inst.program, inst.is_drum, inst.name)
-        new.notes = [pretty_midi.Note(n.velocity, n.pitch, max(0.0, n.start - start), min(n.end, end) - start)
-                     for n in inst.notes if n.end > start and n.start < end and min(n.end, end) - max(n.start, start) > 0.01]
-        # controls: last value before the window at 0, then those inside
-        for attr in ("control_changes", "pitch_bends"):
-            items = sorted(getattr(inst, attr), key=lambda c: c.time)
-            before: dict[int, object] = {}
-            inside = []
-            for c in items:
-                key = getattr(c, "number", -1)
-                if c.time < start:
-                    before[key] = c
-                elif c.time < end:
-                    inside.append(c)
-            shifted = [type(c)(c.number, c.value, 0.0) if attr == "control_changes" else type(c)(c.pitch, 0.0)
-                       for c in before.values()]
-            shifted += [type(c)(c.number, c.value, c.time - start) if attr == "control_changes" else type(c)(c.pitch, c.time - start)
-                        for c in inside]
-            setattr(new, attr, shifted)
-        if new.notes:
-            out.instruments.append(new)
-    return out
-
-
-def _crop(midi: pretty_midi.PrettyMIDI, seconds: float) -> list[pretty_midi.Instrument]:
-    """Instruments with notes before ``seconds`` (notes cut at ``seconds``)."""
-    insts = []
-    for inst in midi.instruments:
-        new = pretty_midi.Instrument(inst.program, inst.is_drum, inst.name)
-        new.notes = [pretty_midi.Note(n.velocity, n.pitch, n.start, min(n.end, seconds))
-                     for n in inst.notes if n.start < seconds and n.end > n.start]
-        new.control_changes = [c for c in inst.control_changes if c.time < seconds]
-        new.pitch_bends = [b for b in inst.pitch_bends if b.time < seconds]
-        if new.notes:
-            insts.append(new)
-    return insts
-
-
-# ---------------------------------------------------------------- synthesis
-
-_SYNTHS: dict[tuple[str, int], tuple[object, int]] = {}
-
-
-def _synth(path: str, rate: int) -> tuple[object, int]:
-    """Per-process cache; FluidR3 takes ~0.3 s and ~450 MB to load, so keep only two."""
-    import tinysoundfont
-
-    key = (path, rate)
-    if key not in _SYNTHS:
-        while len(_SYNTHS) >= 2:
-            _SYNTHS.pop(next(iter(_SYNTHS)))
-        synth = tinysoundfont.Synth(samplerate=rate)
-        _SYNTHS[key] = (synth, synth.sfload(path))
-    return _SYNTHS[key]
-
-
-def _render_tsf(inst: pretty_midi.Instrument, path: str, rate: int, n: int) -> tuple[np.ndarray, bool]:
-    synth, sfid = _synth(path, rate)
-    chan = 9 if inst.is_drum else 0
-    synth.sounds_off()  # a quick (not instant) release: flush it so stems never leak into each other
-    synth.generate_simple(int(0.1 * rate))
-    synth.control_change(chan, 121, 0)  # reset controllers left by the previous stem
-    synth.pitchbend(chan, 8192)
-    try:
-        synth.program_select(chan, sfid, 0, inst.program, is_drums=inst.is_drum)
-    except RuntimeError:
-        if not inst.is_drum:
-            return np.zeros(n, np.float32), False
-        synth.program_select(chan, sfid, 0, 0, is_drums=True)  # missing kit: standard kit
-    events: list[tuple[float, int, str, int, int]] = []
-    for note in inst.notes:
-        events.append((note.start, 2, "on", note.pitch, note.velocity))
-        events.append((note.end, 0, "off", note.pitch, 0))
-    for c in inst.control_changes:
-        if c.number in (1, 7, 11, 91, 93, 100, 101, 6, 38):
-            events.append((c.time, 1, "cc", c.number, c.value))
-    for b in inst.pitch_bends:
-        events.append((b.time, 1, "bend", int(np.clip(b.pitch + 8192, 0, 16383)), 0))
-    events.sort(key=lambda e: (e[0], e[1]))
-    buf = np.zeros(2 * n, np.float32)
-    view = memoryview(buf).cast("B")
-    pos = 0
-    for t, _, kind, a, b in events:
-        s = min(n, int(round(t * rate)))
-        if s > pos:
-            synth.generate_simple(s - pos, buffer=view[pos * 8:s * 8])
-            pos = s
-        if kind == "on":
-            synth.noteon(chan, a, b)
-        elif kind == "off":
-            synth.noteoff(chan, a)
-        elif kind == "cc":
-            synth.control_change(chan, a, b)
-        else:
-            synth.pitchbend(chan, a)
-    if pos < n:
-        synth.generate_simple(n - pos, buffer=view[pos * 8:])
-    synth.sounds_off()
-    return buf.reshape(-1, 2).mean(axis=1), True
-
-
-def _render_timidity(inst: pretty_midi.Instrument, rate: int, n: int) -> tuple[np.ndarray, bool]:
-    pm = pretty_midi.PrettyMIDI()
-    pm.instruments.append(inst)
-    with tempfile.TemporaryDirectory(prefix="tagger-timidity-") as tmp:
-        mid, wav = Path(tmp, "stem.mid"), Path(tmp, "stem.wav")
-        pm.write(str(mid))
-        # --preserve-silence: timidity otherwise drops leading silence and shifts the stem
-        cmd = ["timidity", "-c", FREEPATS_CFG, "--preserve-silence", "-EFreverb=0", "-EFchorus=0",
-               "-Ow", "--output-mono", "-s", str(rate), "-o", str(wav), str(mid)]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        audio, _ = sf.read(str(wav), dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)[:n]
-    return np.pad(audio, (0, n - len(audio))), True
-
-
-def render_stem(inst: pretty_midi.Instrument, soundfont: str, rate: int, n: int) -> tuple[np.ndarray, bool]:
-    """Mono float32 audio of one instrument (sustain pedal applied) and whether it rendered."""
-    inst = apply_sustain(inst)
-    if soundfont == FREEPATS:
-        return _render_timidity(inst, rate, n)
-    return _render_tsf(inst, soundfont, rate, n)
-
-
-# ---------------------------------------------------------------- effects
-
-
-def _lossy(audio: np.ndarray, rate: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """Encode to mp3 or AAC and decode again, aligned and trimmed to the input length."""
-    fmt, codec = ("mp3", "libmp3lame") if rng.random() < 0.6 else ("adts", "aac")
-    bitrate = int(rng.choice([32000, 48000, 64000, 96000]))
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=rate, layout="mono")
-        stream.bit_rate = bitrate
-        frame = av.AudioFrame.from_ndarray(np.clip(audio, -1, 1)[None, :].astype(np.float32), format="fltp", layout="mono")
-        frame.sample_rate = rate
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    buf.seek(0)
-    chunks = []
-    with av.open(buf, "r") as inp:
-        for fr in inp.decode(audio=0):
-            chunks.append(fr.to_ndarray().reshape(fr.to_ndarray().shape[0], -1).mean(axis=0))
-    dec = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros_like(audio)
-    # codecs add a priming delay: find it by cross-correlation and undo it
-    m = min(len(audio), len(dec), rate * 2)
-    max_lag = min(4096, m // 2)
-    if m > 2 * max_lag > 0:
-        ref = audio[:m]
-        spec = np.fft.irfft(np.fft.rfft(dec[:m], 2 * m) * np.conj(np.fft.rfft(ref, 2 * m)))
-        lag = int(np.argmax(spec[:max_lag]))
-        dec = dec[lag:]
-    dec = dec[: len(audio)]
-    return np.pad(dec, (0, len(audio) - len(dec))), f"{codec}@{bitrate // 1000}k"
-
-
-def _reverb(audio: np.ndarray, rate: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """Cheap room: convolution with exponentially decaying noise, mixed with the dry signal."""
-    rt60 = float(rng.uniform(0.3, 1.6))
-    t = np.arange(int(rt60 * rate)) / rate
-    ir = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)
-    ir = np.concatenate([np.zeros(int(rng.uniform(0.005, 0.03) * rate)), ir]).astype(np.float32)
-    ir /= np.sqrt(np.sum(ir**2)) + 1e-9
-    wet = AF.fftconvolve(torch.from_numpy(audio), torch.from_numpy(ir))[: len(audio)].numpy()
-    mix = float(rng.uniform(0.1, 0.45))
-    return (audio * (1 - mix) + wet * mix).astype(np.float32), f"reverb rt60={rt60:.2f} wet={mix:.2f}"
-
-
-def _eq(x: torch.Tensor, rate: int, rng: np.random.Generator) -> tuple[torch.Tensor, str]:
-    kind = int(rng.integers(3))
-    if kind == 0:
-        cutoff = float(min(rng.uniform(2000, 8000), 0.45 * rate))
-        return AF.lowpass_biquad(x, rate, cutoff), f"lowpass {cutoff:.0f}"
-    if kind == 1:
-        g = float(rng.uniform(-6, 6))
-        return AF.treble_biquad(x, rate, g, central_freq=min(3000.0, 0.4 * rate)), f"treble {g:+.1f}dB"
-    g = float(rng.uniform(-6, 6))
-    return AF.bass_biquad(x, rate, g, central_freq=150.0), f"bass {g:+.1f}dB"
 
 
 # ---------------------------------------------------------------- labels
@@ -447,7 +158,7 @@ def render_midi(midi: pretty_midi.PrettyMIDI, soundfont: str, *, sample_rate: in
     if render_sample_rate is None:
         render_sample_rate = int(rng.choice(_RENDER_RATES, p=_RENDER_RATE_P)) if augment else sample_rate
     effects: dict[str, object] = {}
-    insts = _crop(midi, seconds)
+    insts = crop(midi, seconds)
     if augment:  # velocity spread: a global scale and per-note noise
         scale, sd = float(rng.uniform(0.75, 1.2)), float(rng.uniform(0, 10))
         for inst in insts:
@@ -474,16 +185,16 @@ def render_midi(midi: pretty_midi.PrettyMIDI, soundfont: str, *, sample_rate: in
         effects["stem_gains_db"] = [round(float(g), 1) for g in gains_db]
         for i in range(len(x)):
             if rng.random() < 0.25:
-                y, desc = _eq(x[i], sample_rate, rng)
+                y, desc = eq(x[i], sample_rate, rng)
                 x[i] = y
                 effects[f"stem{i}_eq"] = desc
     stems_audio = x.numpy().astype(np.float32)
     mix = stems_audio.sum(axis=0) if len(stems_audio) else np.zeros(n_out, np.float32)
     if augment:
         if rng.random() < 0.25:
-            mix, effects["reverb"] = _reverb(mix, sample_rate, rng)
+            mix, effects["reverb"] = reverb(mix, sample_rate, rng)
         if rng.random() < 0.3:
-            y, effects["mix_eq"] = _eq(torch.from_numpy(np.ascontiguousarray(mix)), sample_rate, rng)
+            y, effects["mix_eq"] = eq(torch.from_numpy(np.ascontiguousarray(mix)), sample_rate, rng)
             mix = y.numpy()
     peak = float(np.max(np.abs(mix))) if len(mix) else 0.0
     target = float(rng.uniform(0.3, 0.9)) if augment else 0.9
@@ -491,7 +202,7 @@ def render_midi(midi: pretty_midi.PrettyMIDI, soundfont: str, *, sample_rate: in
     mix = (mix * gain).astype(np.float32)
     stems_audio *= gain
     if augment and rng.random() < 0.15 and peak > 1e-6:
-        mix, effects["codec"] = _lossy(mix, sample_rate, rng)
+        mix, effects["codec"] = lossy(mix, sample_rate, rng)
         mix = np.clip(mix, -1.0, 1.0).astype(np.float32)
     stems = [Stem(inst.program, inst.is_drum, label_for_program(inst.program, inst.is_drum), stems_audio[i],
                   inst.name or ("Drums" if inst.is_drum else pretty_midi.program_to_instrument_name(inst.program)),
@@ -653,64 +364,3 @@ def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[s
             for _ in jobs_(delayed(_render_track)(str(out), i, *args) for i in todo):
                 bar.advance(task)
     return [track_dir(out, i) for i in indices]
-
-
-# ---------------------------------------------------------------- demo
-
-_DEMO_FORMATS = ("mp3", "flac", "ogg", "m4a", "wav", "opus")
-
-
-def _describe(labels: list[str]) -> str:
-    labels = labels[:3]
-    if len(labels) <= 1:
-        return labels[0] if labels else "untitled"
-    return ", ".join(labels[:-1]) + " and " + labels[-1]
-
-
-def _encode(path: Path, audio: np.ndarray, rate: int, title: str, artist: str) -> None:
-    """Write ``audio`` as the format named by the suffix, with a title/artist tag."""
-    fmt = path.suffix[1:]
-    if fmt in ("flac", "wav", "ogg"):
-        kind = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16"), "ogg": ("OGG", "VORBIS")}[fmt]
-        with sf.SoundFile(str(path), "w", rate, 1, format=kind[0], subtype=kind[1]) as f:
-            f.title, f.artist = title, artist
-            f.write(audio)
-        return
-    codec, container, out_rate = {"mp3": ("libmp3lame", "mp3", rate), "m4a": ("aac", "ipod", rate),
-                                  "opus": ("libopus", "ogg", 48000)}[fmt]
-    x = audio
-    if out_rate != rate:
-        x = AF.resample(torch.from_numpy(audio), rate, out_rate).numpy()
-    with av.open(str(path), "w", format=container) as out:
-        out.metadata["title"], out.metadata["artist"] = title, artist
-        stream = out.add_stream(codec, rate=out_rate, layout="mono")
-        stream.bit_rate = 128000
-        if fmt == "opus":  # ogg/opus keeps tags on the stream
-            stream.metadata["title"], stream.metadata["artist"] = title, artist
-        frame = av.AudioFrame.from_ndarray(np.clip(x, -1, 1)[None, :].astype(np.float32), format="fltp", layout="mono")
-        frame.sample_rate = out_rate
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-
-
-def render_demo(folder: str | Path, *, n_tracks: int = 6, seed: int = 0) -> list[Path]:
-    """A few ~20-s multi-instrument tracks in mixed formats, named after their instruments."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    font = best_soundfont()
-    rate = 44100
-    paths = []
-    for k in range(n_tracks):
-        rng = np.random.default_rng([seed, 9000 + k])
-        midi = generate_arrangement(rng, seconds=20.0, n_parts=int(rng.integers(3, 7)))
-        mix = render_midi(midi, font, sample_rate=rate, rng=rng, seconds=20.0)
-        loud = sorted(((float(np.sqrt(np.mean(s.audio**2))), s.label) for s in mix.stems if s.label in mix.label_activity),
-                      reverse=True)
-        labels = list(dict.fromkeys(lab for _, lab in loud if lab))
-        title = _describe(labels)
-        path = folder / f"{k + 1:02d} - {title}.{_DEMO_FORMATS[k % len(_DEMO_FORMATS)]}"
-        _encode(path, mix.audio, rate, title=title.capitalize(), artist="tagger demo")
-        paths.append(path)
-    return paths
