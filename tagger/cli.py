@@ -169,6 +169,12 @@ def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dr
             )
         except KeyboardInterrupt:
             interrupted = True
+        except Exception as exc:  # a bug, not bad input: say so in one line unless --verbose
+            if verbose:
+                raise
+            progress.stop()
+            stderr.print(f"tagger: internal error: {type(exc).__name__}: {exc} (run with --verbose for details)", markup=False)
+            sys.exit(EXIT_FAILED)
     if report:
         report.close()
     _print_summary(summary, interrupted=interrupted, quiet=quiet)
@@ -225,8 +231,9 @@ def models_cmd(model, as_json) -> None:
     stderr.print(f"[bold]{model.model_id}[/bold]  ({model.path})")
     stderr.print(f"architecture {model.arch} {model.arch_args or ''}, {info['parameters']:,} parameters, aggregation {model.aggregation}")
     stderr.print("features " + ", ".join(f"{k}={v}" for k, v in info["features"].items()))
-    table = Table("label", "threshold", "test F1", "test AP")
-    per_class = (model.metrics.get("heldout") or model.metrics.get("test") or {}).get("per_class", {})
+    shown = next((k for k in ("heldout", "test", "validation") if k in model.metrics), None)
+    table = Table("label", "threshold", f"{shown or 'test'} F1", f"{shown or 'test'} AP")
+    per_class = (model.metrics.get(shown) or {}).get("per_class", {})
     for label, thr in zip(model.labels, model.thresholds):
         m = per_class.get(label, {})
         f1 = f"{m['f1']:.2f}" if m.get("f1") is not None else "-"

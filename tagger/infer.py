@@ -72,6 +72,9 @@ def track_blocks(track: int, path: str | os.PathLike, features: FeatureConfig) -
     except OSError as exc:
         yield Block(track, None, last=True, error=exc.strerror or str(exc))
         return
+    except Exception as exc:  # noqa: BLE001 - one odd file must not end a library-wide run
+        yield Block(track, None, last=True, error=f"unexpected decoding error ({type(exc).__name__}: {exc})")
+        return
     yield Block(track, None, last=True, n_samples=n_samples)
 
 
