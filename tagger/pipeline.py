@@ -76,6 +76,52 @@ def _precheck(path: Path, model_id: str, *, dry_run: bool, force: bool) -> Track
     return (st.st_size, st.st_mtime_ns)
 
 
+def score_track(
+    path: Path,
+    window_probs: np.ndarray,
+    model: TaggerModel,
+    *,
+    n_samples: int,
+    thresholds: Sequence[float],
+    aggregation: str,
+    topk: int,
+    with_timeline: bool = False,
+    dry_run: bool = False,
+) -> TrackResult:
+    """Window probabilities of one track -> its scores, labels (and timeline)."""
+    scores = aggregate(window_probs, aggregation, topk=topk)
+    features = model.features
+    result = TrackResult(
+        str(path),
+        DRY_RUN if dry_run else TAGGED,
+        instruments=[label for label, _ in select_labels(scores, model.labels, thresholds)],
+        scores={label: float(s) for label, s in zip(model.labels, scores)},
+        duration=n_samples / features.sample_rate,
+        model=model.model_id,
+    )
+    if with_timeline:
+        result.timeline = timeline(
+            window_probs, model.labels, thresholds,
+            hop_seconds=features.hop_seconds, window_seconds=features.window_seconds, duration=result.duration,
+        )
+    return result
+
+
+def write_result(result: TrackResult, *, stat: tuple[int, int], preserve_mtime: bool = False) -> None:
+    """Write a scored track's tags; a failure turns the result into an error."""
+    try:
+        tags.write_tags(
+            result.path,
+            instruments=result.instruments,
+            scores={label: result.scores[label] for label in result.instruments},
+            model_id=result.model,
+            preserve_mtime=preserve_mtime,
+            expected_stat=stat,
+        )
+    except tags.TagError as exc:
+        result.status, result.error = ERROR, str(exc)
+
+
 def tag_paths(
     paths: Sequence[str | os.PathLike],
     *,
@@ -130,38 +176,12 @@ def tag_paths(
 
     def finish(index: int) -> None:
         track = tracks.pop(index)
-        probs = np.concatenate(track.pieces)
-        scores = aggregate(probs, aggregation, topk=topk)
-        chosen = select_labels(scores, model.labels, thresholds)
-        result = TrackResult(
-            str(track.path),
-            DRY_RUN if dry_run else TAGGED,
-            instruments=[label for label, _ in chosen],
-            scores={label: float(s) for label, s in zip(model.labels, scores)},
-            duration=track.n_samples / features.sample_rate,
-            model=model.model_id,
+        result = score_track(
+            track.path, np.concatenate(track.pieces), model, n_samples=track.n_samples, thresholds=thresholds,
+            aggregation=aggregation, topk=topk, with_timeline=with_timeline, dry_run=dry_run,
         )
-        if with_timeline:
-            result.timeline = timeline(
-                probs,
-                model.labels,
-                thresholds,
-                hop_seconds=features.hop_seconds,
-                window_seconds=features.window_seconds,
-                duration=result.duration,
-            )
         if not dry_run:
-            try:
-                tags.write_tags(
-                    track.path,
-                    instruments=result.instruments,
-                    scores=dict(chosen),
-                    model_id=model.model_id,
-                    preserve_mtime=preserve_mtime,
-                    expected_stat=track.stat,
-                )
-            except tags.TagError as exc:
-                result.status, result.error = ERROR, str(exc)
+            write_result(result, stat=track.stat, preserve_mtime=preserve_mtime)
         emit(result)
 
     def collect(pieces: list[tuple[int, np.ndarray]]) -> None:
