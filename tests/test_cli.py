@@ -283,3 +283,32 @@ def test_a_folder_with_ten_thousand_entries(tmp_path, tiny_model_path):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 10 and {r["status"] for r in rows} == {"error"}
     assert len([line for line in result.stderr.splitlines() if line.startswith("error: ")]) == 10
+
+
+def _peak_rss_mb(args: list[str]) -> float:
+    """Peak RSS of one `tagger` run in a fresh process (ru_maxrss of the finished child)."""
+    code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout)
+
+
+def test_long_track_memory_stays_bounded(tmp_path, tiny_model_path):
+    """30 minutes of audio: whole-file windows would need ~230 MB more; streaming needs little."""
+    import soundfile as sf
+
+    rate, minutes = 16000, 30
+    long_wav, short_wav = tmp_path / "long.wav", tmp_path / "short.wav"
+    with sf.SoundFile(long_wav, "w", rate, 1, subtype="PCM_16") as out:
+        block = (np.random.default_rng(0).standard_normal(rate * 60) * 0.1).astype(np.float32)
+        for _ in range(minutes):
+            out.write(block)
+    sf.write(short_wav, block[: rate * 5], rate, subtype="PCM_16")
+    base = [_console_script(), "tag", "--dry-run", "-j", "0", "--model", str(tiny_model_path), "-q"]
+    short_peak = _peak_rss_mb(base + [str(short_wav)])
+    long_peak = _peak_rss_mb(base + [str(long_wav)])
+    whole_file_windows_mb = minutes * 60 * rate * 4 * 2 / 2**20  # float32, 50 % overlap
+    assert long_peak - short_peak < whole_file_windows_mb / 3, (short_peak, long_peak)
