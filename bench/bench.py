@@ -52,7 +52,11 @@ def synth_track(seconds: float, rate: int, seed: int) -> np.ndarray:
 def write_track(path: Path, audio: np.ndarray, rate: int) -> None:
     fmt = path.suffix[1:]
     if fmt not in _PYAV:
-        sf.write(path, audio, rate, format={"ogg": "OGG"}.get(fmt), subtype={"ogg": "VORBIS"}.get(fmt))
+        # Written in blocks: libsndfile's Vorbis encoder crashed here on one 3-minute write.
+        kind = {"ogg": ("OGG", "VORBIS")}.get(fmt, (None, None))
+        with sf.SoundFile(path, "w", rate, audio.shape[1], format=kind[0], subtype=kind[1]) as out:
+            for i in range(0, len(audio), 1 << 16):
+                out.write(audio[i : i + (1 << 16)])
         return
     container_fmt, codec, sample_fmt = _PYAV[fmt]
     out_rate = 48000 if codec == "libopus" else rate
