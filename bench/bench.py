@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=180.0)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, help="default: the tagger's default for the device")
     parser.add_argument("--library", type=Path, help="Where to keep the generated library (default: a temp folder).")
     parser.add_argument("--model", help="Model file (default: the shipped model).")
     parser.add_argument("--device", default="auto")
@@ -146,13 +146,14 @@ def main() -> None:
     print(f"\npure decode + windows, {args.jobs} workers: {decode_time:.1f} s, {decode_speed:.0f}x real time")
 
     runner = BatchRunner(model, pick_device(args.device), args.batch_size)
-    windows = np.random.default_rng(0).standard_normal((args.batch_size, features.window_samples)).astype(np.float32)
+    batch = runner.batch_size
+    windows = np.random.default_rng(0).standard_normal((batch, features.window_samples)).astype(np.float32)
     runner.predict(windows)
     reps = 10
     model_time = timed(lambda: [runner.predict(windows) for _ in range(reps)]) / reps
     windows_per_track = 1 + max(0.0, args.seconds - features.window_seconds) / features.hop_seconds
-    model_speed = args.batch_size / model_time / windows_per_track * args.seconds
-    print(f"model only (features + CNN, batch {args.batch_size}): {args.batch_size / model_time:.0f} windows/s = {model_speed:.0f}x real time at hop {features.hop_seconds} s")
+    model_speed = batch / model_time / windows_per_track * args.seconds
+    print(f"model only (features + CNN, batch {batch}): {batch / model_time:.0f} windows/s = {model_speed:.0f}x real time at hop {features.hop_seconds} s")
 
     work = Path(tempfile.mkdtemp(prefix="tagger-bench-copy-"))
     try:

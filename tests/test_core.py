@@ -189,3 +189,21 @@ def test_new_model_architectures_produce_logits():
         assert out.shape == (2, 3)
     with pytest.raises(ModelError):
         new_model(["a"], arch="nope")
+
+
+def test_inference_network_matches_the_trained_network():
+    for arch in ["instrunet", "han", "tagnet"]:
+        torch.manual_seed(0)
+        model = new_model(["a", "b", "c"], arch=arch)
+        for m in model.network.modules():  # non-trivial BatchNorm statistics to fold
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+        model.network.eval()
+        x = torch.randn(3, model.features.window_samples)
+        with torch.inference_mode():
+            expected = model.logits(x)
+            got = model.inference_network()(model.front(x).contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) and "features" in n for n, m in model.inference_network().named_modules()
+                       if not n.startswith("features.0"))  # all conv BatchNorms folded (the input MelNorm stays)
