@@ -310,13 +310,14 @@ def _log(message: str) -> None:
 @click.option("--patience", type=click.IntRange(1), default=8, show_default=True, help="Early stopping on validation mAP.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--window-seconds", type=float, default=None, help="Window length (default 3.0).")
+@click.option("--hop-seconds", type=float, default=None, help="Hop between windows when tagging and validating (default: the window length).")
 @click.option("--name", default="tagger", show_default=True, help="Model name written into tags.")
 @click.option("--model-version", default="1", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(1), default=2, show_default=True, help="Decoding processes.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state after an interruption.")
 def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_set, epochs, steps_per_epoch, batch_size,
-              lr, patience, seed, window_seconds, name, model_version, device, jobs, resume) -> None:
+              lr, patience, seed, window_seconds, hop_seconds, name, model_version, device, jobs, resume) -> None:
     """Train a model on Slakh-layout (rendered or real), IRMAS or manifest data."""
     loop = _import_train("train.loop")
     taxonomy = _import_train("train.taxonomy")
@@ -332,7 +333,8 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
         arch=arch, arch_args=arch_args, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
         patience=patience, seed=seed, name=name, version=model_version,
     )
-    features = FeatureConfig(window_seconds=window_seconds) if window_seconds else FeatureConfig()
+    window = window_seconds or FeatureConfig().window_seconds
+    features = FeatureConfig(window_seconds=window, hop_seconds=hop_seconds or window)
     try:
         loop.train_model(clips, labels, out=out, config=config, features=features, validation_clips=validation,
                          device=device, jobs=jobs, resume=resume, progress=True, log=_log)

@@ -12,7 +12,7 @@ import torchaudio
 
 SAMPLE_RATE = 16000  # Hz: instruments are recognisable well below 8 kHz; 16 kHz halves the work of 32 kHz
 WINDOW_SECONDS = 3.0  # long enough to hear sustained instruments, short enough to localise them
-HOP_SECONDS = 1.5  # tagging hop: 50 % overlap between windows
+HOP_SECONDS = 3.0  # tagging hop: no overlap; measured, half the model work of a 1.5 s hop for the same validation F1
 N_FFT = 1024
 HOP_LENGTH = 320  # 20 ms frames
 N_MELS = 96
