@@ -17,7 +17,7 @@ from rich.table import Table
 
 from tagger import __version__
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # usage errors exit 2 through Click
 EXIT_CODES_HELP = "Exit codes: 0 all good, 1 some files failed, 2 usage error, 130 interrupted."
 CONFIG_ENV = "TAGGER_CONFIG"
 

@@ -16,11 +16,6 @@ def count_windows(n_samples: int, *, window: int, hop: int) -> int:
     return 1 + math.ceil(max(0, n_samples - window) / hop)
 
 
-def window_starts(n_samples: int, *, window: int, hop: int) -> np.ndarray:
-    """Start sample of each window (seconds = starts / sample_rate)."""
-    return np.arange(count_windows(n_samples, window=window, hop=hop)) * hop
-
-
 def iter_window_blocks(
     chunks: Iterable[np.ndarray], *, window: int, hop: int, block: int
 ) -> Iterator[np.ndarray]:

@@ -82,13 +82,3 @@ def label_for_program(program: int, is_drum: bool = False) -> str | None:
     if is_drum:
         return DRUMS
     return GM_PROGRAM_TO_LABEL.get(int(program))
-
-
-def programs_for_label(label: str) -> list[int]:
-    """GM programs that map to ``label`` (empty for drums, which use the drum channel)."""
-    return sorted(p for p, name in GM_PROGRAM_TO_LABEL.items() if name == label)
-
-
-def unlabelled_programs() -> list[int]:
-    """GM programs with no label, used as distractor parts."""
-    return [p for p in range(128) if p not in GM_PROGRAM_TO_LABEL]
