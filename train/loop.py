@@ -28,7 +28,7 @@ from tagger.aggregate import aggregate
 from tagger.decode import DecodeError, decode
 from tagger.features import FeatureConfig
 from tagger.infer import pick_device
-from tagger.model import AGGREGATIONS, DEFAULT_ARCH, TaggerModel, new_model, save_checkpoint
+from tagger.model import DEFAULT_ARCH, TaggerModel, new_model, save_checkpoint
 from tagger.windows import iter_window_blocks
 from train.datasets import Clip, split_clips, window_targets
 from train.metrics import evaluate, tune_thresholds
@@ -261,8 +261,10 @@ def train_model(
             bar.remove_task(task)
 
         window_probs = predict_clips(model, val_audio, dev)
-        by_method = {m: evaluate(val_targets, score_clips(window_probs, m, model.topk), labels, [0.5] * len(labels)) for m in AGGREGATIONS}
-        val_map = max(m["map"] or 0.0 for m in by_method.values())
+        val_map = max(
+            evaluate(val_targets, score_clips(window_probs, m, model.topk), labels, [0.5] * len(labels))["map"] or 0.0
+            for m in SHIPPED_AGGREGATIONS
+        )
         history.append({"epoch": epoch, "loss": epoch_loss / steps_per_epoch, "val_map": val_map})
         improved = val_map > best_map
         if improved:
