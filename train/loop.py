@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tagger.aggregate import aggregate
 from tagger.decode import DecodeError, decode
 from tagger.features import FeatureConfig
-from tagger.infer import pick_device
+from tagger.infer import BatchRunner, pick_device
 from tagger.model import DEFAULT_ARCH, TaggerModel, new_model, save_checkpoint
 from tagger.windows import iter_window_blocks
 from train.datasets import Clip, split_clips, window_targets
@@ -106,19 +106,17 @@ def _clip_targets(audios: Sequence[_Audio], labels: Sequence[str]) -> np.ndarray
     return np.array([[float(label in a.clip.labels) for label in labels] for a in audios], np.float32)
 
 
-@torch.no_grad()
-def predict_clips(model: TaggerModel, audios: Sequence[_Audio], device: torch.device, batch_size: int = 128) -> list[np.ndarray]:
-    """Per-clip window probabilities ``[windows, labels]``, windows cut as the tagger cuts them."""
-    model.network.eval()
-    per_clip = [clip_windows(a, model.features) for a in audios]
-    flat = np.concatenate(per_clip)
-    probs = []
-    for i in range(0, len(flat), batch_size):
-        batch = torch.from_numpy(flat[i : i + batch_size]).to(device)
-        probs.append(torch.sigmoid(model.logits(batch).float()).cpu().numpy())
-    probs_all = np.concatenate(probs)
-    bounds = np.cumsum([0] + [len(w) for w in per_clip])
-    return [probs_all[bounds[i] : bounds[i + 1]] for i in range(len(per_clip))]
+def predict_clips(model: TaggerModel, audios: Sequence[_Audio], device: torch.device) -> list[np.ndarray]:
+    """Per-clip window probabilities ``[windows, labels]``, cut and batched exactly as the
+    tagger does (its BatchRunner: same inference network, batches mixed across clips)."""
+    runner = BatchRunner(model, device)
+    pieces: dict[int, list[np.ndarray]] = {i: [] for i in range(len(audios))}
+    for i, audio in enumerate(audios):
+        for clip, probs in runner.add(i, clip_windows(audio, model.features)):
+            pieces[clip].append(probs)
+    for clip, probs in runner.flush():
+        pieces[clip].append(probs)
+    return [np.concatenate(pieces[i]) for i in range(len(audios))]
 
 
 def score_clips(window_probs: Sequence[np.ndarray], method: str, topk: int = 3) -> np.ndarray:
