@@ -124,6 +124,42 @@ def write_result(result: TrackResult, *, stat: tuple[int, int], preserve_mtime: 
         result.status, result.error = ERROR, str(exc)
 
 
+@dataclass(frozen=True)
+class TagSettings:
+    """What to do with each track, resolved from the model and the options (plain data: cluster
+    tasks carry it to the workers)."""
+
+    thresholds: tuple[float, ...]
+    aggregation: str
+    topk: int
+    dry_run: bool = False
+    force: bool = False
+    with_timeline: bool = False
+    preserve_mtime: bool = False
+
+
+def tag_settings(
+    model: TaggerModel,
+    *,
+    threshold: float | None = None,
+    aggregation: str | None = None,
+    topk: int | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    with_timeline: bool = False,
+    preserve_mtime: bool = False,
+) -> TagSettings:
+    """Options on top of the model's defaults (aggregation, k, per-label thresholds)."""
+    aggregation = aggregation or model.aggregation
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}")
+    thresholds = [threshold] * len(model.labels) if threshold is not None else model.thresholds
+    return TagSettings(
+        thresholds=tuple(float(t) for t in thresholds), aggregation=aggregation, topk=topk or model.topk,
+        dry_run=dry_run, force=force, with_timeline=with_timeline, preserve_mtime=preserve_mtime,
+    )
+
+
 def tag_paths(
     paths: Sequence[str | os.PathLike],
     *,
@@ -147,19 +183,33 @@ def tag_paths(
 ) -> Summary:
     """Tag every audio file under ``paths``; each finished track goes to ``on_result``."""
     summary = summary if summary is not None else Summary()
-    aggregation = aggregation or model.aggregation
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}")
-    topk = topk or model.topk
-    thresholds = [threshold] * len(model.labels) if threshold is not None else model.thresholds
-    features = model.features
+    settings = tag_settings(
+        model, threshold=threshold, aggregation=aggregation, topk=topk, dry_run=dry_run, force=force,
+        with_timeline=with_timeline, preserve_mtime=preserve_mtime,
+    )
     runner = BatchRunner(model, pick_device(device), batch_size)
+    files = start_run(paths, dry_run=dry_run, include=include, exclude=exclude, hidden=hidden, summary=summary, on_start=on_start)
 
     def emit(result: TrackResult) -> None:
         summary.add(result)
         if on_result:
             on_result(result)
 
+    tag_files(enumerate(files), runner, settings, jobs=jobs, emit=emit)
+    return summary
+
+
+def start_run(
+    paths: Sequence[str | os.PathLike],
+    *,
+    dry_run: bool,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    hidden: bool,
+    summary: Summary,
+    on_start: Callable[[int], None] | None,
+) -> list[Path]:
+    """The files to tag; temp files left by killed runs are removed from their folders first."""
     files = list(find_audio_files(paths, include=include, exclude=exclude, hidden=hidden))
     summary.total = len(files)
     if not dry_run:
@@ -167,10 +217,19 @@ def tag_paths(
             tags.clean_stale_temps(folder)  # leftovers of a run that was killed mid-write
     if on_start:
         on_start(len(files))
+    return files
 
+
+def tag_files(
+    files: Iterable[tuple[int, Path]], runner: BatchRunner, settings: TagSettings, *, jobs: int, emit: ResultCallback
+) -> None:
+    """The per-file work on some files, shared by one machine (all files) and each cluster task
+    (a few files): skip checks, decode, windows batched across files, scores, tag writes.
+    Each track's result goes to ``emit``, one call at a time."""
+    model = runner.model
     tracks: dict[int, _Track] = {}
-    for index, path in enumerate(files):
-        checked = _precheck(path, model.model_id, dry_run=dry_run, force=force)
+    for index, path in files:
+        checked = _precheck(path, model.model_id, dry_run=settings.dry_run, force=settings.force)
         if isinstance(checked, TrackResult):
             emit(checked)
         else:
@@ -183,15 +242,16 @@ def tag_paths(
     queued: list[Future] = []
 
     def write_and_emit(result: TrackResult, stat: tuple[int, int]) -> None:
-        if not dry_run:
-            write_result(result, stat=stat, preserve_mtime=preserve_mtime)
+        if not settings.dry_run:
+            write_result(result, stat=stat, preserve_mtime=settings.preserve_mtime)
         emit(result)
 
     def finish(index: int) -> None:
         track = tracks.pop(index)
         result = score_track(
-            track.path, np.concatenate(track.pieces), model, n_samples=track.n_samples, thresholds=thresholds,
-            aggregation=aggregation, topk=topk, with_timeline=with_timeline, dry_run=dry_run,
+            track.path, np.concatenate(track.pieces), model, n_samples=track.n_samples, thresholds=settings.thresholds,
+            aggregation=settings.aggregation, topk=settings.topk, with_timeline=settings.with_timeline,
+            dry_run=settings.dry_run,
         )
         queued.append(writer.submit(write_and_emit, result, track.stat))
 
@@ -205,7 +265,7 @@ def tag_paths(
         # thread tagged 1.25x faster than two (oversubscribed cores thrash).
         torch.set_num_threads(max(1, _usable_cores() - jobs))
     try:
-        _run_blocks(decode_blocks(items, features, jobs=jobs), tracks, runner, finish, emit_later)
+        _run_blocks(decode_blocks(items, model.features, jobs=jobs), tracks, runner, finish, emit_later)
     except BaseException:
         # On Ctrl-C the write under way completes (it is atomic anyway); queued ones are dropped.
         writer.shutdown(wait=True, cancel_futures=True)
@@ -215,7 +275,6 @@ def tag_paths(
     writer.shutdown(wait=True)
     for future in queued:
         future.result()  # a bug in the writer thread must not pass silently
-    return summary
 
 
 def _usable_cores() -> int:
