@@ -69,6 +69,8 @@ class TagState:
 
 
 class _Storage(Protocol):
+    KEY: str  # the field's key in this tag kind, as a format string of the field name
+
     def get(self, tags: Any, field: str) -> list[str]: ...
 
     def put(self, tags: Any, field: str, values: list[str], *, v23: bool) -> None: ...
@@ -79,8 +81,10 @@ class _Storage(Protocol):
 class _ID3Storage:
     """TXXX:<FIELD>, several NUL-separated values (v2.4); v2.3 has no multi-value, so values are joined."""
 
+    KEY = "TXXX:{}"
+
     def _keys(self, tags: id3.ID3, field: str) -> list[str]:
-        return [k for k in tags.keys() if k.upper() == f"TXXX:{field}"]
+        return [k for k in tags.keys() if k.upper() == self.KEY.format(field).upper()]
 
     def get(self, tags: id3.ID3, field: str) -> list[str]:
         return [str(t) for k in self._keys(tags, field) for t in tags[k].text]
@@ -98,6 +102,8 @@ class _ID3Storage:
 class _VorbisStorage:
     """One Vorbis comment per value (FLAC, Ogg Vorbis, Opus); mutagen matches keys case-insensitively."""
 
+    KEY = "{}"
+
     def get(self, tags: Any, field: str) -> list[str]:
         return list(tags[field]) if field in tags else []
 
@@ -112,17 +118,17 @@ class _VorbisStorage:
 class _MP4Storage:
     """Freeform iTunes atom, one UTF-8 data atom per value."""
 
-    _PREFIX = "----:com.apple.iTunes:"
+    KEY = "----:com.apple.iTunes:{}"
 
     def _keys(self, tags: Any, field: str) -> list[str]:
-        return [k for k in tags.keys() if k.lower() == (self._PREFIX + field).lower()]
+        return [k for k in tags.keys() if k.lower() == self.KEY.format(field).lower()]
 
     def get(self, tags: Any, field: str) -> list[str]:
         return [bytes(v).decode("utf-8", "replace") for k in self._keys(tags, field) for v in tags[k]]
 
     def put(self, tags: Any, field: str, values: list[str], *, v23: bool) -> None:
         self.delete(tags, field)
-        tags[self._PREFIX + field] = [MP4FreeForm(v.encode("utf-8"), dataformat=AtomDataType.UTF8) for v in values]
+        tags[self.KEY.format(field)] = [MP4FreeForm(v.encode("utf-8"), dataformat=AtomDataType.UTF8) for v in values]
 
     def delete(self, tags: Any, field: str) -> None:
         for key in self._keys(tags, field):
@@ -137,6 +143,20 @@ _KINDS: dict[type, str] = {
     FLAC: "vorbis", OggVorbis: "vorbis", OggOpus: "vorbis",
     MP4: "mp4",
 }
+
+
+def storage_keys(field: str) -> dict[str, str]:
+    """Where ``field`` lives per tag kind, e.g. ``{"id3": "TXXX:INSTRUMENTS", ...}``; the beets
+    plugin builds its media fields from this, so both always read and write the same keys."""
+    return {kind: store.KEY.format(field) for kind, store in _STORAGE.items()}
+
+
+def kind_formats() -> dict[str, list[str]]:
+    """mutagen class names per tag kind (``{"id3": ["MP3", "WAVE", "AIFF"], ...}``): the files we tag."""
+    formats: dict[str, list[str]] = {kind: [] for kind in _STORAGE}
+    for cls, kind in _KINDS.items():
+        formats[kind].append(cls.__name__)
+    return formats
 
 
 # ---------------------------------------------------------------- opening
@@ -229,7 +249,7 @@ def check_writable(path: str | os.PathLike[str]) -> None:
 # ---------------------------------------------------------------- writing
 
 
-def _scores_text(instruments: Sequence[str], scores: Mapping[str, float]) -> str:
+def scores_text(instruments: Sequence[str], scores: Mapping[str, float]) -> str:
     return _V23_SEP.join(f"{name}={float(scores[name]):.2f}" for name in instruments if name in scores)
 
 
@@ -420,7 +440,7 @@ def write_tags(path: str | os.PathLike[str], *, instruments: Sequence[str], scor
         raise ValueError("model_id must be a non-empty string")
     labels = _clean_labels(instruments)
     lowered = {str(k).strip().lower(): v for k, v in scores.items()}
-    score_text = _scores_text(labels, lowered)
+    score_text = scores_text(labels, lowered)
     values = {
         FIELD_INSTRUMENTS: labels,
         FIELD_SCORES: [score_text] if score_text else [],
