@@ -31,6 +31,7 @@ class FeatureConfig:
     n_mels: int = N_MELS
     f_min: float = F_MIN
     f_max: float = F_MAX
+    frontend: str = "logmel"  # "logmel" (ours) or "efficientat" (tagger.efficientat's 32 kHz front end)
 
     @property
     def window_samples(self) -> int:
@@ -43,6 +44,8 @@ class FeatureConfig:
     @property
     def n_frames(self) -> int:
         """Spectrogram frames per window (torch.stft with center=True)."""
+        if self.frontend == "efficientat":  # its pre-emphasis drops one sample first
+            return (self.window_samples - 1) // self.hop_length + 1
         return self.window_samples // self.hop_length + 1
 
     def to_dict(self) -> dict:
@@ -52,6 +55,20 @@ class FeatureConfig:
     def from_dict(cls, values: dict) -> "FeatureConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+FRONTENDS = ("logmel", "efficientat")
+
+
+def build_frontend(config: FeatureConfig) -> torch.nn.Module:
+    """The front end a checkpoint's features name (waveforms -> ``[batch, 1, mels, frames]``)."""
+    if config.frontend == "logmel":
+        return LogMel(config)
+    if config.frontend == "efficientat":
+        from tagger.efficientat import EfficientATMel  # imports this module
+
+        return EfficientATMel(config)
+    raise ValueError(f"unknown front end {config.frontend!r} (known: {', '.join(FRONTENDS)})")
 
 
 class LogMel(torch.nn.Module):

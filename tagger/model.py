@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from tagger.features import FeatureConfig, LogMel
+from tagger.efficientat import ARCH as EFFICIENTAT_ARCH, EfficientATNet
+from tagger.features import FRONTENDS, FeatureConfig, build_frontend
 
 CHECKPOINT_FORMAT = "tagger.checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -140,7 +141,10 @@ def _fold_batchnorms(module: nn.Module) -> nn.Module:
     return module
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"instrunet": InstruNet, "han": HanNet, "tagnet": TagNet}
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "instrunet": InstruNet, "han": HanNet, "tagnet": TagNet,
+    EFFICIENTAT_ARCH: EfficientATNet,  # the AudioSet-trained mn04, downloaded by the user (tagger.catalog)
+}
 DEFAULT_ARCH = "tagnet"
 
 
@@ -173,7 +177,7 @@ class TaggerModel:
     path: str = ""
 
     def __post_init__(self) -> None:
-        self.front = LogMel(self.features)
+        self.front = build_frontend(self.features)
         self.network.eval()
 
     @property
@@ -248,6 +252,8 @@ def load_model(path: str | os.PathLike | None = None) -> TaggerModel:
         raise ModelError(f"{path} is not a tagger checkpoint")
     try:
         features = FeatureConfig.from_dict(checkpoint["features"])
+        if features.frontend not in FRONTENDS:
+            raise ModelError(f"{path}: unknown front end {features.frontend!r} (a newer tagger's model?)")
         labels = [str(label) for label in checkpoint["labels"]]
         network = build_network(
             checkpoint["arch"], n_mels=features.n_mels, n_labels=len(labels), arch_args=checkpoint.get("arch_args")
@@ -256,7 +262,7 @@ def load_model(path: str | os.PathLike | None = None) -> TaggerModel:
         thresholds = [float(t) for t in checkpoint["thresholds"]]
     except ModelError:
         raise
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise ModelError(f"{path} is a damaged tagger checkpoint: {exc}") from None
     if len(thresholds) != len(labels):
         raise ModelError(f"{path}: {len(labels)} labels but {len(thresholds)} thresholds")

@@ -82,3 +82,9 @@ def label_for_program(program: int, is_drum: bool = False) -> str | None:
     if is_drum:
         return DRUMS
     return GM_PROGRAM_TO_LABEL.get(int(program))
+
+
+# AudioSet class indices -> these labels, for the AudioSet-trained EfficientAT mn04. Declared
+# in the tagger package (the tagger needs it without the training tools installed); shown
+# here so every mapping into LABELS is found in one place.
+from tagger.efficientat import AUDIOSET_LABEL_MAP  # noqa: E402,F401
