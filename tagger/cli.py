@@ -122,9 +122,10 @@ def _print_summary(summary, *, interrupted: bool, quiet: bool) -> None:
 @click.option("--timeline", is_flag=True, help="Add per-instrument time segments to JSON/JSONL reports.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; summary only when something failed.")
 @click.option("--verbose", "-v", is_flag=True, help="One line per file, and tracebacks for unexpected errors.")
+@click.option("--scheduler", metavar="ADDRESS", help="Run on a Dask cluster (e.g. tcp://host:8786) whose workers see the same paths; --jobs is then unused.")
 @_selection_options
 def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dry_run, force, preserve_mtime,
-        report, report_format, timeline, quiet, verbose, include, exclude, hidden) -> None:
+        report, report_format, timeline, quiet, verbose, scheduler, include, exclude, hidden) -> None:
     """Analyse audio files under PATHS and write INSTRUMENTS tags."""
     from tagger.infer import pick_device
     from tagger.pipeline import Summary, tag_paths
@@ -133,9 +134,19 @@ def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dr
     model_file, report_file = model, report  # option names double as config-file keys
     model = _load_model(model_file)
     try:
-        pick_device(device)
+        if not scheduler:  # a cluster's workers choose their own device
+            pick_device(device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    run, where = tag_paths, {"jobs": jobs}
+    if scheduler:
+        from tagger.cluster import ClusterError, connect, tag_paths_on_cluster
+
+        try:
+            where = {"client": connect(scheduler)}
+        except ClusterError as exc:
+            raise click.UsageError(f"--scheduler: {exc}") from None
+        run = tag_paths_on_cluster
     report = None
     if report_file:
         try:
@@ -161,8 +172,8 @@ def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dr
                 progress.console.print(f"{result.status}: {result.path}: {what}", markup=False, soft_wrap=True)
 
         try:
-            tag_paths(
-                paths, model=model, device=device, jobs=jobs, batch_size=batch_size, dry_run=dry_run, force=force,
+            run(
+                paths, **where, model=model, device=device, batch_size=batch_size, dry_run=dry_run, force=force,
                 threshold=threshold, aggregation=aggregation, topk=topk, with_timeline=timeline,
                 preserve_mtime=preserve_mtime, include=include, exclude=exclude, hidden=hidden,
                 on_start=on_start, on_result=on_result, summary=summary,
@@ -175,6 +186,8 @@ def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dr
             progress.stop()
             stderr.print(f"tagger: internal error: {type(exc).__name__}: {exc} (run with --verbose for details)", markup=False)
             sys.exit(EXIT_FAILED)
+    if scheduler:
+        where["client"].close()
     if report:
         report.close()
     _print_summary(summary, interrupted=interrupted, quiet=quiet)
