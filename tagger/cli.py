@@ -16,9 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tagger import __version__
+from tagger.lifetime import Terminated, stop_on_signals
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # usage errors exit 2 through Click
-EXIT_CODES_HELP = "Exit codes: 0 all good, 1 some files failed, 2 usage error, 130 interrupted."
+EXIT_CODES_HELP = ("Exit codes: 0 all good, 1 some files failed, 2 usage error, 130 interrupted (Ctrl-C), "
+                   "143 / 129 stopped by SIGTERM / SIGHUP.")
 CONFIG_ENV = "TAGGER_CONFIG"
 
 stderr = Console(stderr=True, highlight=False)
@@ -154,7 +156,7 @@ def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dr
         except (ValueError, OSError) as exc:
             raise click.UsageError(f"--report: {exc}") from None
     summary = Summary()
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     with _progress(quiet) as progress:
         task = progress.add_task("tagging", total=None, current="")
 
@@ -172,14 +174,15 @@ def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dr
                 progress.console.print(f"{result.status}: {result.path}: {what}", markup=False, soft_wrap=True)
 
         try:
-            run(
-                paths, **where, model=model, device=device, batch_size=batch_size, dry_run=dry_run, force=force,
-                threshold=threshold, aggregation=aggregation, topk=topk, with_timeline=timeline,
-                preserve_mtime=preserve_mtime, include=include, exclude=exclude, hidden=hidden,
-                on_start=on_start, on_result=on_result, summary=summary,
-            )
-        except KeyboardInterrupt:
-            interrupted = True
+            with stop_on_signals():  # SIGTERM / SIGHUP stop the run like Ctrl-C
+                run(
+                    paths, **where, model=model, device=device, batch_size=batch_size, dry_run=dry_run, force=force,
+                    threshold=threshold, aggregation=aggregation, topk=topk, with_timeline=timeline,
+                    preserve_mtime=preserve_mtime, include=include, exclude=exclude, hidden=hidden,
+                    on_start=on_start, on_result=on_result, summary=summary,
+                )
+        except KeyboardInterrupt as exc:  # Ctrl-C, or lifetime.Terminated for SIGTERM / SIGHUP
+            interrupted = exc
         except Exception as exc:  # a bug, not bad input: say so in one line unless --verbose
             if verbose:
                 raise
@@ -190,10 +193,11 @@ def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dr
         where["client"].close()
     if report:
         report.close()
-    _print_summary(summary, interrupted=interrupted, quiet=quiet)
-    if interrupted:
-        stderr.print("interrupted: files already tagged keep their tags; the others are unchanged")
-        sys.exit(EXIT_INTERRUPTED)
+    _print_summary(summary, interrupted=interrupted is not None, quiet=quiet)
+    if interrupted is not None:
+        why = f"stopped by {interrupted}" if isinstance(interrupted, Terminated) else "interrupted"
+        stderr.print(f"{why}: files already tagged keep their tags; the others are unchanged")
+        sys.exit(interrupted.exit_code if isinstance(interrupted, Terminated) else EXIT_INTERRUPTED)
     sys.exit(EXIT_FAILED if summary.failed else EXIT_OK)
 
 

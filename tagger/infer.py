@@ -7,6 +7,7 @@ batch is flushed (openl3 once forgot that).
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tagger.decode import DecodeError, decode_chunks
 from tagger.features import FeatureConfig
+from tagger.lifetime import die_with_parent
 from tagger.model import TaggerModel
 from tagger.windows import iter_window_blocks
 
@@ -101,7 +103,9 @@ class _DecodeDataset(IterableDataset):
             yield from track_blocks(track, path, self.features)
 
 
-def _ignore_sigint(_worker_id: int) -> None:
+def _init_worker(_worker_id: int, *, parent: int) -> None:
+    # A worker must never outlive the run: killed with -9, the main process cannot stop it.
+    die_with_parent(parent)
     # Ctrl-C is the main process's to handle: it stops the loader, which ends the workers.
     # Left to them, a worker's helper threads print tracebacks as the pipes close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -123,7 +127,7 @@ def decode_blocks(
         batch_size=None,
         num_workers=min(jobs, len(items)),
         collate_fn=_keep_block,
-        worker_init_fn=_ignore_sigint,
+        worker_init_fn=functools.partial(_init_worker, parent=os.getpid()),
         prefetch_factor=4,
         in_order=False,  # a long track in one worker must not stall the others
     )

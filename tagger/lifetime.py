@@ -1,0 +1,83 @@
+"""Process lifetime: a run ends cleanly on SIGTERM / SIGHUP, and no worker outlives it.
+
+* ``stop_on_signals()`` turns SIGTERM and SIGHUP into ``Terminated``, a KeyboardInterrupt,
+  so they stop a run the way Ctrl-C does (writes in flight finish, the summary is printed)
+  and the command exits 128 + the signal number.
+* ``die_with_parent()`` runs in each worker process: the worker ends as soon as its parent
+  dies, however it dies (kill -9 included), instead of lingering forever.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_WATCH_INTERVAL_S = 0.5
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM / SIGHUP received. A KeyboardInterrupt, so every Ctrl-C path handles it too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise_terminated(signum: int, _frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+    previous = {s: signal.signal(s, _raise_terminated) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def die_with_parent(parent: int | None = None, *, use_prctl: bool = True) -> None:
+    """End this process when its parent dies (call it first thing in a worker).
+
+    ``parent``: the pid the parent had before starting us (default: the current parent), so a
+    parent that died before this call is noticed too. Linux: the kernel sends SIGKILL on the
+    parent's death (PR_SET_PDEATHSIG). Elsewhere, or if that fails, a daemon thread polls the
+    parent pid. The parent-death signal fires when the parent *thread* that started us exits,
+    which is the main thread for our loaders.
+    """
+    parent = os.getppid() if parent is None else parent
+    if os.getppid() != parent:
+        os._exit(1)
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+        if armed:
+            if os.getppid() != parent:  # the parent died while the signal was being armed
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), name="tagger-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:  # once the parent is gone we are re-parented (to init or a subreaper)
+        time.sleep(_WATCH_INTERVAL_S)
+    os._exit(1)

@@ -1,0 +1,174 @@
+"""No process outlives its run: `tagger tag` killed with -9, SIGTERM or SIGHUP mid-run.
+
+Each case runs the installed package as ``python -m tagger`` on a library of real files,
+records the decode workers (children of the run in /proc) just before the signal, and checks
+that none of them is left afterwards and that every file is whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media import decoded_audio, make_audio_file, read_other_tags
+from tagger import tags
+
+EXPECTED = {"piano", "bass"}  # what the tiny model's thresholds (0.0 / 1.0) always select
+N_FILES = 60
+WORKER_GRACE_S = 2.0  # workers must be gone this soon after the main process died
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to see child processes")
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
+    return fields[0], int(fields[1])
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) and st[1] == pid and st[0] != "Z":
+            out.add(int(entry.name))
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if (st := _stat(pid)) is not None and st[0] != "Z"}  # a zombie has exited
+
+
+def _wait_gone(pids: set[int], timeout: float) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while (left := _alive(pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("src") / "source.flac"
+    return make_audio_file(path, "flac", seconds=4.0, seed=5)
+
+
+@pytest.fixture
+def folder(tmp_path, source) -> Path:
+    music = tmp_path / "music"
+    music.mkdir()
+    for i in range(N_FILES):
+        shutil.copy(source, music / f"{i:02d}.flac")
+    return music
+
+
+def _start(folder: Path, model: Path, *extra: str, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, set[int]]:
+    """Start a run; return it and its decode workers once it is tagging files."""
+    mtimes = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagger", "tag", str(folder), "--model", str(model), "-j", "2", *extra],
+        stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True,  # its own process group
+    )
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while proc.poll() is None and time.monotonic() < deadline:
+        workers |= _children(proc.pid)
+        if len(workers) >= 2 and any(p.stat().st_mtime_ns != m for p, m in mtimes.items()):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be signalled: make the library bigger"
+    assert len(workers) == 2, f"expected two decode workers, saw {workers}"
+    return proc, workers
+
+
+def _assert_whole(folder: Path, source: Path) -> list[Path]:
+    """Every file decodes to the original audio with the original tags, and ours are absent or complete."""
+    audio, other = decoded_audio(source), read_other_tags(source)
+    tagged = []
+    for path in sorted(folder.glob("*.flac")):
+        np.testing.assert_array_equal(decoded_audio(path), audio)
+        assert read_other_tags(path) == other
+        state = tags.read_tags(path)
+        if state.model is None:
+            assert not state.instruments and state.scores is None, path
+        else:
+            assert set(state.instruments) == EXPECTED and state.model.startswith("tiny 1 "), path
+            tagged.append(path)
+    return tagged
+
+
+def test_kill_9_leaves_no_decode_worker_behind(folder, source, tiny_model_path):
+    proc, workers = _start(folder, tiny_model_path, "-q")
+    try:
+        proc.kill()
+        proc.wait(timeout=30)
+        left = _wait_gone(workers, WORKER_GRACE_S)
+        assert not left, f"decode workers {sorted(left)} outlived the killed run"
+    finally:
+        for pid in _alive(workers):  # never leave them to the rest of the suite
+            os.kill(pid, signal.SIGKILL)
+    _assert_whole(folder, source)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_end_the_run_like_ctrl_c(folder, source, tiny_model_path, tmp_path, sig):
+    """SIGTERM to the process (timeout, docker stop); SIGHUP to its group (a closed terminal)."""
+    report = tmp_path / "report.jsonl"
+    proc, workers = _start(folder, tiny_model_path, "--report", str(report), stderr=subprocess.PIPE)
+    try:
+        if sig == signal.SIGHUP:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        proc.wait(timeout=60)
+        left = _wait_gone(workers, WORKER_GRACE_S)
+    finally:
+        for pid in _alive(workers):  # (a survivor would also hold the stderr pipe open)
+            os.kill(pid, signal.SIGKILL)
+    err = proc.stderr.read()
+    assert proc.returncode == 128 + sig, err
+    assert not left, f"decode workers {sorted(left)} outlived the run"
+    assert "Traceback" not in err
+    assert "tagger summary (interrupted)" in err and "not reached" in err
+    tagged = _assert_whole(folder, source)
+    assert 0 < len(tagged) < N_FILES  # stopped mid-run, not before and not after
+    rows = [json.loads(line) for line in report.read_text().splitlines()]  # flushed, every line whole
+    assert {Path(r["path"]) for r in rows if r["status"] == "tagged"} == set(tagged)
+    assert not [p for p in folder.iterdir() if tags.TEMP_MARKER in p.name]  # the write under way finished
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["prctl", "watcher-thread"])
+def test_a_worker_dies_with_its_parent(tmp_path, fallback):
+    """die_with_parent(): Linux's parent-death signal, and the portable watcher thread on its own."""
+    code = f"""
+import os, sys, time
+from tagger import lifetime
+pid = os.fork()
+if pid == 0:
+    lifetime.die_with_parent(use_prctl={not fallback})
+    time.sleep(60)
+    os._exit(0)
+print(pid, flush=True)
+time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        time.sleep(0.3)  # let the child arm itself
+        assert _alive({child})
+        proc.kill()
+        proc.wait()
+        assert not _wait_gone({child}, WORKER_GRACE_S), "the child outlived its parent"
+    finally:
+        for pid in _alive({child}):
+            os.kill(pid, signal.SIGKILL)
