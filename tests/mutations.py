@@ -1,0 +1,203 @@
+"""Mutation check: break the code on purpose, one line at a time, and see the guarding tests go red.
+
+    python3 tests/mutations.py              # every mutation
+    python3 tests/mutations.py ctrl mtime   # those whose name contains one of these words
+    python3 tests/mutations.py --list
+
+Each mutation is a string replacement in one source file, applied to a temporary copy of the
+project (the working tree, as git lists it); the tests named for it run there with PYTHONPATH
+pointing at the copy, so in-process and subprocess runs (``python -m tagger``, the console
+script) both import the mutated code. The real sources are never touched. A mutation whose text
+is no longer found in the source (the code moved on) is reported as such: update it.
+
+Not collected by pytest (the file name does not start with ``test_``); run it by hand after
+changing the code or the tests it lists.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+M = Mutation
+MUTATIONS: list[Mutation] = [
+    # ---- caught before issue 7
+    M("tags: write in place even when the tags outgrow the padding", "tagger/tags.py",
+      "    if info.padding < 0:\n        raise _NoRoom()", "    if False:\n        raise _NoRoom()",
+      ("tests/test_tags.py::test_aborted_in_place_attempt_changes_no_byte", "tests/test_tags.py::test_copy_path_for_big_tags")),
+    M("infer: drop the last partial batch", "tagger/infer.py",
+      "return self._run(full_only=False) if self._pending else []", "return []",
+      ("tests/test_core.py::test_batches_mixed_across_tracks_match_one_track_at_a_time",)),
+    M("aggregate: mean computes max", "tagger/aggregate.py",
+      "return window_probs.mean(axis=0)", "return window_probs.max(axis=0)",
+      ("tests/test_core.py::test_aggregation_methods",)),
+    M("untag removes every tag", "tagger/tags.py",
+      "    _write_fields(path, {f: [] for f in FIELDS}, preserve_mtime=False, expected_stat=None)\n    return True",
+      "    mutagen.File(path).delete()\n    return True",
+      ("tests/test_tags.py::test_remove_tags", "tests/test_cli.py::test_untag_restores_the_tag_state")),
+    M("dry run writes tags", "tagger/pipeline.py",
+      "        if not settings.dry_run:\n            write_result(", "        if True:\n            write_result(",
+      ("tests/test_cli.py::test_dry_run_writes_nothing_and_reports_to_stdout",)),
+    M("ID3v2.3 saved as v2.4", "tagger/tags.py",
+      'if kind == "id3" and _is_v23(audio, kind):', "if False:",
+      ("tests/test_tags.py::test_id3v23_stays_v23_and_joins_values",)),
+    M("untag --dry-run writes", "tagger/tags.py",
+      "    if dry_run:\n        return True\n    _write_fields", "    _write_fields",
+      ("tests/test_tags.py::test_remove_tags", "tests/test_cli.py::test_untag_restores_the_tag_state")),
+    # ---- survived before issue 7
+    M("copy check compares packet counts only", "tagger/tags.py",
+      "before[:2] != after[:2]", "before[:1] != after[:1]",
+      ("tests/test_guards.py::test_copy_check_compares_the_audio_payload_not_only_packet_counts",)),
+    M("copy check skips the FLAC MD5", "tagger/tags.py",
+      "if isinstance(audio, FLAC) and FLAC(tmp).info.md5_signature != audio.info.md5_signature:", "if False:",
+      ("tests/test_guards.py::test_copy_check_compares_the_flac_md5",)),
+    M("pipeline ignores the aggregation (always max)", "tagger/pipeline.py",
+      "scores = aggregate(window_probs, aggregation, topk=topk)", 'scores = aggregate(window_probs, "max", topk=topk)',
+      ("tests/test_guards.py::test_aggregation_topk_threshold_and_timeline_options_reach_the_tags",
+       "tests/test_guards.py::test_model_default_aggregation_is_used")),
+    M("pipeline ignores --threshold", "tagger/pipeline.py",
+      "thresholds = [threshold] * len(model.labels) if threshold is not None else model.thresholds",
+      "thresholds = model.thresholds",
+      ("tests/test_guards.py::test_model_thresholds_and_the_threshold_option_choose_the_labels",)),
+    M("pipeline ignores --topk", "tagger/pipeline.py",
+      "topk=topk or model.topk", "topk=model.topk",
+      ("tests/test_guards.py::test_aggregation_topk_threshold_and_timeline_options_reach_the_tags",)),
+    M("pipeline ignores --preserve-mtime", "tagger/pipeline.py",
+      "preserve_mtime=settings.preserve_mtime)", "preserve_mtime=False)",
+      ("tests/test_guards.py::test_preserve_mtime_option_keeps_the_modification_time",)),
+    M("a decode error raises instead of being reported", "tagger/infer.py",
+      "    except DecodeError as exc:\n        yield Block(track, None, last=True, error=str(exc))",
+      "    except DecodeError as exc:\n        raise",
+      ("tests/test_guards.py::test_a_file_the_tag_reader_accepts_but_the_decoder_rejects",)),
+    M("a tag-write error raises instead of being reported", "tagger/pipeline.py",
+      "        result.status, result.error = ERROR, str(exc)", "        raise",
+      ("tests/test_guards.py::test_a_tag_write_error_is_one_line_and_the_run_goes_on",
+       "tests/test_guards.py::test_a_file_changed_during_the_run_is_reported_not_overwritten")),
+    M("stale temp files are never cleaned", "tagger/pipeline.py",
+      "            tags.clean_stale_temps(folder)", "            pass",
+      ("tests/test_guards.py::test_a_run_removes_temp_files_left_by_a_killed_run",
+       "tests/test_cli.py::test_sigkill_mid_run_leaves_every_file_whole")),
+    M('"file changed" stat not passed to the writer', "tagger/pipeline.py",
+      "            expected_stat=stat,", "            expected_stat=None,",
+      ("tests/test_guards.py::test_a_file_changed_during_the_run_is_reported_not_overwritten",)),
+    M('"file changed" not re-checked before the rename', "tagger/tags.py",
+      "        if not _same_stat(os.stat(real), (st.st_size, st.st_mtime_ns)):", "        if False:",
+      ("tests/test_guards.py::test_a_change_while_the_copy_is_written_stops_the_rename",)),
+    M("Ctrl-C swallowed with exit 0", "tagger/cli.py",
+      "else EXIT_INTERRUPTED)", "else EXIT_OK)",
+      ("tests/test_cli.py::test_ctrl_c_stops_cleanly_with_a_summary_and_exit_130",)),
+    # ---- the weak spots of issue 7
+    M("read-only mode bits not checked (root writes anyway)", "tagger/tags.py",
+      '    if not st.st_mode & 0o222:\n        raise TagError("read-only file")',
+      '    if False:\n        raise TagError("read-only file")',
+      ("tests/test_guards.py::test_read_only_files_and_folders_are_refused_even_for_root",
+       "tests/test_cli.py::test_bad_inputs_get_one_clear_line_and_exit_code_1")),
+    M("timeline ignores the chosen thresholds", "tagger/pipeline.py",
+      "            window_probs, model.labels, thresholds,", "            window_probs, model.labels, model.thresholds,",
+      ("tests/test_guards.py::test_aggregation_topk_threshold_and_timeline_options_reach_the_tags",)),
+    M("a damaged tail fails the whole track", "tagger/decode.py",
+      "            if total + pending_len == 0:", "            if True:",
+      ("tests/test_cli.py::test_bad_inputs_get_one_clear_line_and_exit_code_1",)),
+    M("eval ignores the model's thresholds", "train/loop.py",
+      "scores, model.labels, model.thresholds)", "scores, model.labels, [0.5] * len(model.labels))",
+      ("tests/test_train.py::test_tiny_training_run_yields_a_model_the_tagger_uses",)),
+]
+
+_IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")
+
+
+def copy_project(dest: Path) -> None:
+    """The working tree's files (tracked and untracked, not ignored) into dest."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True)
+    if listed.returncode != 0:
+        shutil.copytree(ROOT, dest, ignore=_IGNORED, dirs_exist_ok=True)
+        return
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, str, float]:
+    """(pytest exit code, first failing test, seconds) for these tests in the copy."""
+    env = dict(os.environ, PYTHONPATH=str(copy) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONDONTWRITEBYTECODE="1")
+    cmd = ["nice", "-n", "10", sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, "timed out", time.monotonic() - started
+    failed = next((line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))), "")
+    return proc.returncode, failed, time.monotonic() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("words", nargs="*", help="only mutations whose name contains one of these")
+    parser.add_argument("--list", action="store_true", help="list the mutations and their tests")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per pytest run")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the selected tests")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.words or any(w.lower() in m.name.lower() for w in args.words)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}\n    {m.file}: {m.old!r} -> {m.new!r}\n    " + "\n    ".join(m.tests))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="tagger-mutations-") as tmp:
+        copy = Path(tmp)
+        copy_project(copy)
+        probe = subprocess.run([sys.executable, "-c", "import tagger; print(tagger.__file__)"], cwd=tmp, text=True,
+                               capture_output=True, env=dict(os.environ, PYTHONPATH=str(copy)))
+        assert probe.stdout.startswith(str(copy)), f"the copy is not the tagger imported: {probe.stdout}{probe.stderr}"
+        if not args.no_baseline:
+            tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+            rc, failed, seconds = run_tests(copy, tests, args.timeout)
+            print(f"baseline (no mutation, {len(tests)} tests): {'green' if rc == 0 else f'RED rc {rc}: {failed}'} in {seconds:.0f} s",
+                  flush=True)
+            if rc != 0:
+                return 2
+        rows = []
+        for m in chosen:
+            source = copy / m.file
+            original = source.read_text()
+            if original.count(m.old) != 1:
+                rows.append((m, "NOT FOUND", f"{original.count(m.old)} matches of the text to replace", 0.0))
+            else:
+                source.write_text(original.replace(m.old, m.new))
+                try:
+                    rc, failed, seconds = run_tests(copy, m.tests, args.timeout)
+                finally:
+                    source.write_text(original)
+                verdict = "caught" if rc == 1 else "NOT CAUGHT" if rc == 0 else f"rc {rc}"
+                rows.append((m, verdict, failed, seconds))
+            print(f"{rows[-1][1]:>10}  {m.name}  ({rows[-1][3]:.0f} s) {rows[-1][2]}", flush=True)
+    print("\n| mutation | result | first failing test |\n|---|---|---|")
+    for m, verdict, failed, _ in rows:
+        print(f"| {m.name} | {verdict} | {failed.split(' - ')[0]} |")
+    caught = sum(r[1] == "caught" for r in rows)
+    print(f"\n{caught}/{len(rows)} caught")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
