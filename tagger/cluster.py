@@ -7,10 +7,12 @@ the chunk's files, the safe tag writer. Each worker process loads the model once
 hands each chunk's per-track results to ``on_result`` as chunks complete.
 
 A worker that dies mid-file leaves that file as it was or fully tagged (the safe writer); the
-scheduler re-runs the chunk on another worker, and once the chunk has killed more workers than
-``distributed.scheduler.allowed-failures`` allows, each of its files is reported as an error.
-Files of a re-run chunk that the dead worker had finished come back as ``skipped`` (already
-tagged by this model).
+scheduler re-runs the chunk on another worker. Once a chunk has killed more workers than
+``distributed.scheduler.allowed-failures`` allows (the scheduler then gives up on it), each of
+its files is tried once more as a task of its own, and a file whose own task fails that way too
+is reported as an error. Files that a dead worker had finished (results live on the worker
+until the client fetches them) are re-run too and come back as ``skipped`` (already tagged by
+this model).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import math
 import os
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,16 +123,21 @@ def _chunk_size(n_files: int, threads: int) -> int:
 
 
 def _in_flight(client: Client) -> int:
-    # Bounded so a library of millions of files is not submitted at once; re-read as workers come and go.
-    return max(4, 3 * sum(client.nthreads().values()))
+    # One task per worker thread, re-read as workers come and go: a library of millions of files
+    # is not submitted at once, and no task waits on a worker behind another one, where the
+    # scheduler would blame it too if that worker died.
+    return max(1, sum(client.nthreads().values()))
 
 
-def _chunk_results(future: Future, chunk: Sequence[tuple[int, str]]) -> list[TrackResult]:
+def _chunk_results(future: Future, chunk: Sequence[tuple[int, str]], *, last_try: bool) -> list[TrackResult] | None:
+    """The chunk's results; None: retry it (workers died on it, and this was not the last try)."""
     from distributed import KilledWorker
 
     try:
         return future.result()
     except KilledWorker:
+        if not last_try:
+            return None
         error = "a cluster worker died on this file's task, more often than retries allow (the file is as it was or fully tagged)"
     except Exception as exc:  # noqa: BLE001 - one task must not end a library-wide run
         error = f"cluster task failed ({type(exc).__name__}: {exc})"
@@ -170,17 +178,19 @@ def tag_paths_on_cluster(
     size = chunk_files or _chunk_size(len(files), sum(client.nthreads().values()))
     items = [(index, str(path)) for index, path in enumerate(files)]
     chunks = iter([items[i : i + size] for i in range(0, len(items), size)])
-    running: dict[Future, list[tuple[int, str]]] = {}
+    retries: deque[list[tuple[int, str]]] = deque()
+    running: dict[Future, tuple[list[tuple[int, str]], bool]] = {}  # future -> (chunk, last try)
     done = as_completed(loop=client.loop)  # the client is not the default one
 
     def submit_next() -> bool:
-        chunk = next(chunks, None)
+        last_try = bool(retries)
+        chunk = retries.popleft() if retries else next(chunks, None)
         if chunk is None:
             return False
         future = client.submit(
             tag_chunk, chunk, model.path, model.weights_hash, device, batch_size, settings, pure=False
         )
-        running[future] = chunk
+        running[future] = (chunk, last_try)
         done.add(future)
         return True
 
@@ -192,8 +202,13 @@ def tag_paths_on_cluster(
     top_up()
     try:
         for future in done:
-            chunk = running.pop(future)
-            for result in _chunk_results(future, chunk):
+            chunk, last_try = running.pop(future)
+            results = _chunk_results(future, chunk, last_try=last_try)
+            if results is None:
+                # Workers kept dying on this chunk (the scheduler gave up on it): once more, each
+                # file on its own, so one bad file does not fail the others.
+                retries.extend([item] for item in chunk)
+            for result in results or ():
                 summary.add(result)
                 if on_result:
                     on_result(result)
