@@ -46,10 +46,12 @@ def _load_default_map() -> dict:
 
 
 def _load_model(path: str | None):
-    from tagger.model import ModelError, load_model
+    """A model by name (``tagger models`` lists them) or by path; None: the shipped one."""
+    from tagger.catalog import load
+    from tagger.model import ModelError
 
     try:
-        return load_model(path)
+        return load(path)
     except ModelError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -224,11 +226,78 @@ def untag(paths, dry_run, quiet, include, exclude, hidden) -> None:
     sys.exit(EXIT_FAILED if summary.failed else EXIT_OK)
 
 
-@main.command(name="models")
-@click.option("--model", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
+@main.group(name="models", invoke_without_command=True)
+@click.option("--model", type=click.Path(dir_okay=False), help="Model name or file to describe (default: the shipped model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON on stdout.")
-def models_cmd(model, as_json) -> None:
-    """Show the model: labels, thresholds, feature settings, metrics."""
+@click.pass_context
+def models_cmd(ctx, model, as_json) -> None:
+    """List the models (shipped, installed, downloadable) and describe one.
+
+    `tagger models --model NAME|FILE` describes that model only; `tagger models download
+    NAME` installs a downloadable model into the user cache.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None and not as_json:
+        _print_catalog()
+    _describe_model(model, as_json)
+
+
+def _print_catalog() -> None:
+    from tagger.catalog import cache_dir, catalog
+
+    table = Table("model", "kind", "status", "what", title="models")
+    for row in catalog():
+        if row["kind"] == "shipped":
+            status = "shipped"
+        elif row["installed"]:
+            status = "[green]installed[/green]"
+        else:
+            status = f"not installed ({row['size'] / 1e6:.1f} MB: tagger models download {row['name']})"
+        table.add_row(row["name"], row["kind"], status, row["summary"])
+    stderr.print(table)
+    stderr.print(f"use one with --model NAME (downloads live in {cache_dir()})\n", markup=False)
+
+
+@models_cmd.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON on stdout.")
+def models_list(as_json) -> None:
+    """List shipped, installed and downloadable models."""
+    from tagger.catalog import catalog
+
+    if as_json:
+        click.echo(json.dumps(catalog(), indent=2))
+    else:
+        _print_catalog()
+
+
+@models_cmd.command(name="download", epilog="Set TAGGER_MODELS_URL to fetch release files from a mirror.")
+@click.argument("name")
+@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False), help="Install from a local copy of the release file (offline machines).")
+def models_download(name, source) -> None:
+    """Download a model (pinned URL and sha256) into the user cache."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    from tagger.catalog import DOWNLOADS, DownloadError, install
+
+    if name not in DOWNLOADS:
+        raise click.UsageError(f"unknown model {name!r} (downloadable: {', '.join(DOWNLOADS)})")
+    bar = Progress(TextColumn(f"[bold]{name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn(), console=stderr, transient=True, disable=not stderr.is_terminal)
+    try:
+        with bar:
+            task = bar.add_task("download", total=DOWNLOADS[name].size)
+            path = install(name, source=source, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except DownloadError as exc:
+        stderr.print(f"tagger: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        stderr.print("interrupted: nothing installed")
+        sys.exit(EXIT_INTERRUPTED)
+    stderr.print(f"installed {name} as {path}; use it with --model {name}", markup=False, highlight=False)
+
+
+def _describe_model(model, as_json) -> None:
     model = _load_model(model)
     info = {
         "path": model.path,
@@ -262,7 +331,12 @@ def models_cmd(model, as_json) -> None:
             stderr.print(f"{split}: macro F1 {m['macro_f1']:.3f}, micro F1 {m['micro_f1']:.3f}, mAP {m.get('map') or 0:.3f}")
 
 
-main.add_command(models_cmd, name="info")
+@main.command(name="info")
+@click.option("--model", type=click.Path(dir_okay=False), help="Model name or file (default: the shipped model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON on stdout.")
+def info_cmd(model, as_json) -> None:
+    """Show a model: labels, thresholds, feature settings, metrics."""
+    _describe_model(model, as_json)
 
 
 @main.command()
@@ -333,9 +407,19 @@ def _log(message: str) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(1), default=2, show_default=True, help="Decoding processes.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state after an interruption.")
+@click.option("--teacher", type=click.Choice(["efficientat-mn04"]), help="Teacher model that labels --teacher-audio.")
+@click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), help="The teacher's weights (mn04_as_mAP_432.pt; default: the installed efficientat-mn04).")
+@click.option("--teacher-audio", multiple=True, type=click.Path(exists=True), help="Real, unlabelled audio (files or folders) the teacher labels; repeatable.")
+@click.option("--teacher-fraction", type=click.FloatRange(0, 0.9), default=0.25, show_default=True, help="Share of each batch drawn from teacher windows.")
+@click.option("--teacher-temperature", type=click.FloatRange(0.05), default=1.0, show_default=True, help="Softens the calibrated teacher targets.")
 def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_set, epochs, steps_per_epoch, batch_size,
-              lr, patience, seed, window_seconds, hop_seconds, name, model_version, device, jobs, resume) -> None:
-    """Train a model on Slakh-layout (rendered or real), IRMAS or manifest data."""
+              lr, patience, seed, window_seconds, hop_seconds, name, model_version, device, jobs, resume,
+              teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature) -> None:
+    """Train a model on Slakh-layout (rendered or real), IRMAS or manifest data.
+
+    Several DATASETS are trained on together (e.g. SoundFont renders and sample-library
+    renders). With --teacher and --teacher-audio, a share of every batch is real audio with
+    the teacher's per-label calibrated scores as targets (see train/teacher.py)."""
     loop = _import_train("train.loop")
     taxonomy = _import_train("train.taxonomy")
     from tagger.features import FeatureConfig
@@ -350,13 +434,43 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
         arch=arch, arch_args=arch_args, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
         patience=patience, seed=seed, name=name, version=model_version,
     )
+    config.teacher_fraction = teacher_fraction
     window = window_seconds or FeatureConfig().window_seconds
     features = FeatureConfig(window_seconds=window, hop_seconds=hop_seconds or window)
+    teacher_data = None
+    if bool(teacher) != bool(teacher_audio):
+        raise click.UsageError("--teacher and --teacher-audio go together")
     try:
+        if teacher:
+            teacher_data = _teacher_data(teacher, teacher_weights, teacher_audio, teacher_temperature, labels, features)
         loop.train_model(clips, labels, out=out, config=config, features=features, validation_clips=validation,
-                         device=device, jobs=jobs, resume=resume, progress=True, log=_log)
+                         device=device, jobs=jobs, resume=resume, progress=True, log=_log, teacher=teacher_data)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _teacher_data(name, weights, audio, temperature, labels, features):
+    """Real windows and calibrated targets of the teacher ``name`` (cached by train.teacher)."""
+    loop, teacher_mod = _import_train("train.loop"), _import_train("train.teacher")
+    try:
+        if weights is None:  # the installed model (tagger models download efficientat-mn04)
+            from tagger import catalog
+
+            teacher = teacher_mod.Mn04Teacher(model=catalog.load(name))
+        else:
+            teacher = teacher_mod.Mn04Teacher(weights)
+        windows, probs, _ = teacher_mod.teacher_windows(audio, teacher, labels, sample_rate=features.sample_rate,
+                                                        window_seconds=features.window_seconds, log=_log)
+    except (ValueError, OSError, RuntimeError, ImportError) as exc:
+        raise click.UsageError(f"teacher: {exc}") from None
+    except Exception as exc:  # ModelError: not installed
+        raise click.UsageError(f"teacher: {exc}") from None
+    targets = teacher_mod.calibrate(probs, teacher.thresholds, temperature)
+    info = {"name": name, "audio": [str(a) for a in audio], "windows": int(len(windows)),
+            "thresholds": teacher.thresholds, "temperature": temperature,
+            "mean_target": {lab: round(float(v), 3) for lab, v in zip(labels, targets.mean(axis=0))}}
+    _log(f"teacher {name}: {len(windows)} real windows, calibrated targets (threshold -> 0.5, T={temperature})")
+    return loop.TeacherData(windows, targets, info)
 
 
 @main.command(name="eval")
@@ -397,7 +511,7 @@ def dataset() -> None:
 @dataset.command(name="render")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--tracks", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--soundfont", "soundfonts", multiple=True, help="SoundFont path or name (fluidr3, timgm6mb, freepats); repeatable. Default: every font found but freepats.")
+@click.option("--soundfont", "soundfonts", multiple=True, help="SoundFont path or name (fluidr3, timgm6mb, freepats), or samples (recorded notes from $TAGGER_SAMPLES_DIR, see train/samples.py); repeatable. Default: every .sf2 found.")
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--sample-rate", type=int, default=16000, show_default=True)
 @click.option("--midi-dir", type=click.Path(exists=True, file_okay=False), help="Render excerpts of these MIDI files instead of generated arrangements.")
@@ -405,17 +519,21 @@ def dataset() -> None:
 @click.option("--start-index", type=click.IntRange(0), default=0, show_default=True, help="First track number (to grow a dataset).")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--no-augment", is_flag=True, help="No gain/EQ/reverb/resampling/lossy variety.")
-def dataset_render(out_dir, tracks, soundfonts, seconds, sample_rate, midi_dir, seed, start_index, jobs, no_augment) -> None:
+@click.option("--production", is_flag=True, help="Denser production chain: compression, limiting, more reverb/EQ/codecs.")
+@click.option("--solo-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of generated tracks forced to one or two parts.")
+def dataset_render(out_dir, tracks, soundfonts, seconds, sample_rate, midi_dir, seed, start_index, jobs, no_augment,
+                   production, solo_fraction) -> None:
     """Render MIDI with SoundFonts into a labelled dataset in the Slakh2100 layout."""
     render = _import_train("train.render")
     found = render.find_soundfonts()
     if not soundfonts:
-        soundfonts = [path for name, path in found.items() if name != "freepats"]
+        soundfonts = [path for name, path in found.items() if name not in ("freepats", "samples")]
     fonts = [found.get(f, f) for f in soundfonts]
     try:
         written = render.render_dataset(
             out_dir, n_tracks=tracks, soundfonts=fonts, seed=seed, seconds=seconds, sample_rate=sample_rate,
             midi_dir=midi_dir, jobs=jobs, start_index=start_index, progress=True, augment=not no_augment,
+            production=production, solo=solo_fraction,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -220,12 +220,15 @@ class TaggerModel:
 
 
 def save_checkpoint(model: TaggerModel, path: str | os.PathLike) -> None:
-    """Write atomically: a crash mid-save never leaves a half-written model file."""
+    """Write atomically: a crash (or power loss) mid-save never leaves a half-written model file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(model.to_checkpoint(), tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(model.to_checkpoint(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
