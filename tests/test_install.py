@@ -44,6 +44,7 @@ def test_wheel_ships_the_default_model_and_it_loads_from_anywhere(tmp_path):
     wheel = next((tmp_path / "dist").glob("tagger-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "tagger/models/default.pt" in names and "tagger/models/MODEL_CARD.md" in names
+    assert "beetsplug/instruments.py" in names and "beetsplug/__init__.py" not in names  # beets' namespace
     target = tmp_path / "site"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
