@@ -1,6 +1,7 @@
 """Throughput benchmark: prints measurements, asserts nothing.
 
     python bench/bench.py [--tracks 50] [--seconds 180] [--jobs 2] [--library DIR] [--model M]
+    python bench/bench.py --model efficientat-mn04 --model-only --threads 2
 
 Generates (once) a library of synthetic tracks in mixed formats, then measures in one run:
 per-format decode speed of PyAV vs soundfile, pure decode throughput (decode + windows, the
@@ -26,7 +27,7 @@ import torch
 
 from tagger.decode import decode
 from tagger.infer import BatchRunner, decode_blocks, pick_device
-from tagger.model import load_model
+from tagger.catalog import load as load_model  # a model name or file
 from tagger.pipeline import tag_paths
 
 FORMATS = ("flac", "mp3", "ogg", "opus", "m4a", "wav")
@@ -98,6 +99,22 @@ def peak_rss_mb() -> float:
     return max(own, children) / 1024
 
 
+def model_only(model, args) -> float:
+    """Features + network on random windows, batched as the tagger does; x real time."""
+    features = model.features
+    runner = BatchRunner(model, pick_device(args.device), args.batch_size)
+    batch = runner.batch_size
+    windows = np.random.default_rng(0).standard_normal((batch, features.window_samples)).astype(np.float32)
+    runner.predict(windows)
+    reps = 10
+    model_time = min(timed(lambda: runner.predict(windows)) for _ in range(reps))  # least disturbed by neighbours
+    windows_per_track = 1 + max(0.0, args.seconds - features.window_seconds) / features.hop_seconds
+    model_speed = batch / model_time / windows_per_track * args.seconds
+    print(f"model only ({model.model_id}: features + CNN, batch {batch}, {torch.get_num_threads()} threads): "
+          f"{batch / model_time:.0f} windows/s = {model_speed:.0f}x real time at hop {features.hop_seconds} s")
+    return model_speed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracks", type=int, default=50)
@@ -107,7 +124,14 @@ def main() -> None:
     parser.add_argument("--library", type=Path, help="Where to keep the generated library (default: a temp folder).")
     parser.add_argument("--model", help="Model file (default: the shipped model).")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--model-only", action="store_true", help="Only the model-only measurement (no library).")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model_only:
+        model_only(load_model(args.model), args)
+        return
 
     library = args.library or Path(tempfile.gettempdir()) / f"tagger-bench-{args.tracks}x{int(args.seconds)}"
     t = timed(lambda: make_library(library, args.tracks, args.seconds))
@@ -145,15 +169,7 @@ def main() -> None:
     decode_speed = audio_seconds / decode_time
     print(f"\npure decode + windows, {args.jobs} workers: {decode_time:.1f} s, {decode_speed:.0f}x real time")
 
-    runner = BatchRunner(model, pick_device(args.device), args.batch_size)
-    batch = runner.batch_size
-    windows = np.random.default_rng(0).standard_normal((batch, features.window_samples)).astype(np.float32)
-    runner.predict(windows)
-    reps = 10
-    model_time = timed(lambda: [runner.predict(windows) for _ in range(reps)]) / reps
-    windows_per_track = 1 + max(0.0, args.seconds - features.window_seconds) / features.hop_seconds
-    model_speed = batch / model_time / windows_per_track * args.seconds
-    print(f"model only (features + CNN, batch {batch}): {batch / model_time:.0f} windows/s = {model_speed:.0f}x real time at hop {features.hop_seconds} s")
+    model_speed = model_only(model, args)
 
     work = Path(tempfile.mkdtemp(prefix="tagger-bench-copy-"))
     try:
