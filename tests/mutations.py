@@ -119,6 +119,29 @@ MUTATIONS: list[Mutation] = [
     M("eval ignores the model's thresholds", "train/loop.py",
       "scores, model.labels, model.thresholds)", "scores, model.labels, [0.5] * len(model.labels))",
       ("tests/test_train.py::test_tiny_training_run_yields_a_model_the_tagger_uses",)),
+    # ---- the Dask cluster (tagger tag --scheduler)
+    M("cluster: every task loads the model again", "tagger/cluster.py",
+      '    runners = _runners.__dict__.setdefault("by_key", {})', "    runners, _models = {}, {}",
+      ("tests/test_cluster.py::test_dry_run_scores_like_one_machine_and_loads_model_once_per_worker",)),
+    M("cluster: options (dry run, force, thresholds) not sent to the workers", "tagger/cluster.py",
+      "model.weights_hash, device, batch_size, settings, pure=False", "model.weights_hash, device, batch_size, tag_settings(model), pure=False",
+      ("tests/test_cluster.py::test_dry_run_scores_like_one_machine_and_loads_model_once_per_worker",)),
+    M("cluster: results not handed to on_result (report, progress)", "tagger/cluster.py",
+      "                if on_result:\n                    on_result(result)", "                if False:\n                    on_result(result)",
+      ("tests/test_cluster.py::test_tags_skips_and_force_through_the_env_variable",)),
+    M("cluster: a worker death is an anonymous task failure, never retried", "tagger/cluster.py",
+      "    except KilledWorker:", "    except ZeroDivisionError:",
+      ("tests/test_cluster.py::test_file_that_keeps_killing_workers_is_reported_and_left_whole",)),
+    M("cluster: a given-up chunk is retried whole, failing its innocent files", "tagger/cluster.py",
+      "retries.extend([item] for item in chunk)", "retries.extend([chunk])",
+      ("tests/test_cluster.py::test_file_that_keeps_killing_workers_is_reported_and_left_whole",)),
+    M("cluster: an unreachable scheduler raises", "tagger/cluster.py",
+      "    except (OSError, TimeoutError, ValueError, TypeError) as exc:\n        raise ClusterError(f\"cannot reach",
+      "    except ZeroDivisionError as exc:\n        raise ClusterError(f\"cannot reach",
+      ("tests/test_cluster.py::test_unreachable_scheduler_is_a_usage_error",)),
+    M("cli: --scheduler quietly tags on this machine", "tagger/cli.py",
+      "        run = tag_paths_on_cluster", "        run, where = tag_paths, {\"jobs\": 0}",
+      ("tests/test_cluster.py::test_dry_run_scores_like_one_machine_and_loads_model_once_per_worker",)),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")
@@ -137,7 +160,10 @@ def copy_project(dest: Path) -> None:
             shutil.copy2(ROOT / name, dest / name)
 
 
-def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, str, float]:
+LOGS = Path(tempfile.gettempdir()) / "tagger-mutations-logs"  # each pytest run's full output
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: float, log: str) -> tuple[int, str, float]:
     """(pytest exit code, first failing test, seconds) for these tests in the copy."""
     env = dict(os.environ, PYTHONPATH=str(copy) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONDONTWRITEBYTECODE="1")
@@ -147,6 +173,8 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, 
         proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return -1, "timed out", time.monotonic() - started
+    LOGS.mkdir(exist_ok=True)
+    (LOGS / f"{log}.txt").write_text(proc.stdout + proc.stderr)
     failed = next((line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))), "")
     return proc.returncode, failed, time.monotonic() - started
 
@@ -171,10 +199,11 @@ def main() -> int:
         assert probe.stdout.startswith(str(copy)), f"the copy is not the tagger imported: {probe.stdout}{probe.stderr}"
         if not args.no_baseline:
             tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
-            rc, failed, seconds = run_tests(copy, tests, args.timeout)
+            rc, failed, seconds = run_tests(copy, tests, args.timeout, "baseline")
             print(f"baseline (no mutation, {len(tests)} tests): {'green' if rc == 0 else f'RED rc {rc}: {failed}'} in {seconds:.0f} s",
                   flush=True)
             if rc != 0:
+                print(f"see {LOGS / 'baseline.txt'}")
                 return 2
         rows = []
         for m in chosen:
@@ -185,7 +214,7 @@ def main() -> int:
             else:
                 source.write_text(original.replace(m.old, m.new))
                 try:
-                    rc, failed, seconds = run_tests(copy, m.tests, args.timeout)
+                    rc, failed, seconds = run_tests(copy, m.tests, args.timeout, f"{MUTATIONS.index(m):02d}")
                 finally:
                     source.write_text(original)
                 verdict = "caught" if rc == 1 else "NOT CAUGHT" if rc == 0 else f"rc {rc}"
@@ -195,7 +224,7 @@ def main() -> int:
     for m, verdict, failed, _ in rows:
         print(f"| {m.name} | {verdict} | {failed.split(' - ')[0]} |")
     caught = sum(r[1] == "caught" for r in rows)
-    print(f"\n{caught}/{len(rows)} caught")
+    print(f"\n{caught}/{len(rows)} caught; pytest output of each run in {LOGS}")
     return 0 if caught == len(rows) else 1
 
 

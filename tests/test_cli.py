@@ -286,8 +286,11 @@ def test_ctrl_c_stops_cleanly_with_a_summary_and_exit_130(tmp_path, tiny_model_p
     for i in range(160):  # ~8 min of audio: far more than the run gets through before the signal lands
         shutil.copy(source, folder / f"{i:03d}.flac")
     mtimes = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    # A test run started in the background (`cmd &`) inherits SIGINT ignored, and Python then keeps
+    # ignoring it: give the child the default disposition, as an interactive shell would.
     proc = subprocess.Popen([*_tagger(), "tag", str(folder), "--model", str(tiny_model_path), "-j", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if any(p.stat().st_mtime_ns != m for p, m in mtimes.items()):
