@@ -9,6 +9,7 @@ library items, write with tagger's safe writer and store the result in the datab
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -220,7 +221,9 @@ class InstrumentsPlugin(BeetsPlugin):
             def say(message: str, error: bool = False) -> None:
                 if error:  # stderr, above the bar
                     progress.console.print("[red]error[/red]: " + escape(message), soft_wrap=True)
-                else:  # stdout (rich keeps it above the bar on a terminal)
+                elif sys.stdout.isatty():  # the bar's terminal: print above it, not through it
+                    progress.console.print(escape(message), soft_wrap=True)
+                else:  # piped: results on stdout
                     ui.print_(message)
 
             def on_start(total: int) -> None:
