@@ -132,11 +132,12 @@ class InstrumentsPlugin(BeetsPlugin):
 
     def _model(self):
         if self._loaded is None:
-            from tagger.model import ModelError, load_model
+            from tagger.catalog import load
+            from tagger.model import ModelError
 
-            model_path = self.config["model"].get()
+            model = self.config["model"].get()  # a name (`tagger models`) or a path, as `tagger tag --model`
             try:
-                self._loaded = load_model(os.path.expanduser(model_path) if model_path else None)
+                self._loaded = load(os.path.expanduser(model) if model else None)
             except ModelError as exc:
                 raise ui.UserError(f"instruments: {exc}") from None
         return self._loaded
