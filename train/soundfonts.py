@@ -1,13 +1,15 @@
 """SoundFonts: where they are, which family each belongs to, and synthesis of one stem.
 
-A stem is rendered with ``tinysoundfont`` for .sf2 files or with the ``timidity`` command
+A stem is rendered with ``midirenderer`` for .sf2 files or with the ``timidity`` command
 line for the held-out ``freepats`` font family. The MIDI preparation the synthesis needs
 (sustain pedal, cropping, excerpts) lives here too.
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -104,7 +106,8 @@ def best_soundfont() -> str:
 
 def apply_sustain(inst: pretty_midi.Instrument) -> pretty_midi.Instrument:
     """Copy of ``inst`` with note-offs held by the sustain pedal (CC64) extended and CC64
-    removed: tinysoundfont ignores the pedal. A held note stops when its key is struck again."""
+    removed, so the labels and every synthesizer agree on when a held note ends. A held note
+    stops when its key is struck again."""
     ccs = sorted((c for c in inst.control_changes if c.number == 64), key=lambda c: c.time)
     out = pretty_midi.Instrument(inst.program, inst.is_drum, inst.name)
     out.control_changes = [c for c in inst.control_changes if c.number != 64]
@@ -181,65 +184,74 @@ def crop(midi: pretty_midi.PrettyMIDI, seconds: float) -> list[pretty_midi.Instr
 
 # ---------------------------------------------------------------- synthesis
 
-_SYNTHS: dict[tuple[str, int], tuple[object, int]] = {}
+_SYNTH_RATE = 48000  # midirenderer (rustysynth) always renders 16-bit stereo at 48 kHz
+_PASSED_CCS = (1, 7, 11, 100, 101, 6, 38)  # modulation, volume, expression, pitch-bend range (RPN)
+_NO_OP_CC = 3  # an undefined controller: marks the stem's end, so the render runs that long
+_FONTS: dict[str, tuple[bytes, frozenset[tuple[int, int]]]] = {}
 
 
-def _synth(path: str, rate: int) -> tuple[object, int]:
-    """Per-process cache; FluidR3 takes ~0.3 s and ~450 MB to load, so keep only two."""
-    import tinysoundfont
-
-    key = (path, rate)
-    if key not in _SYNTHS:
-        while len(_SYNTHS) >= 2:
-            _SYNTHS.pop(next(iter(_SYNTHS)))
-        synth = tinysoundfont.Synth(samplerate=rate)
-        _SYNTHS[key] = (synth, synth.sfload(path))
-    return _SYNTHS[key]
+def _font(path: str) -> tuple[bytes, frozenset[tuple[int, int]]]:
+    """Per-process cache of a font's bytes and its (bank, program) presets; FluidR3 is 140 MB,
+    so keep only two."""
+    if path not in _FONTS:
+        while len(_FONTS) >= 2:
+            _FONTS.pop(next(iter(_FONTS)))
+        data = Path(path).read_bytes()
+        _FONTS[path] = (data, _presets(data))
+    return _FONTS[path]
 
 
-def _render_tsf(inst: pretty_midi.Instrument, path: str, rate: int, n: int) -> tuple[np.ndarray, bool]:
-    synth, sfid = _synth(path, rate)
-    chan = 9 if inst.is_drum else 0
-    synth.sounds_off()  # a quick (not instant) release: flush it so stems never leak into each other
-    synth.generate_simple(int(0.1 * rate))
-    synth.control_change(chan, 121, 0)  # reset controllers left by the previous stem
-    synth.pitchbend(chan, 8192)
-    try:
-        synth.program_select(chan, sfid, 0, inst.program, is_drums=inst.is_drum)
-    except RuntimeError:
-        if not inst.is_drum:
-            return np.zeros(n, np.float32), False
-        synth.program_select(chan, sfid, 0, 0, is_drums=True)  # missing kit: standard kit
-    events: list[tuple[float, int, str, int, int]] = []
-    for note in inst.notes:
-        events.append((note.start, 2, "on", note.pitch, note.velocity))
-        events.append((note.end, 0, "off", note.pitch, 0))
-    for c in inst.control_changes:
-        if c.number in (1, 7, 11, 91, 93, 100, 101, 6, 38):
-            events.append((c.time, 1, "cc", c.number, c.value))
-    for b in inst.pitch_bends:
-        events.append((b.time, 1, "bend", int(np.clip(b.pitch + 8192, 0, 16383)), 0))
-    events.sort(key=lambda e: (e[0], e[1]))
-    buf = np.zeros(2 * n, np.float32)
-    view = memoryview(buf).cast("B")
-    pos = 0
-    for t, _, kind, a, b in events:
-        s = min(n, int(round(t * rate)))
-        if s > pos:
-            synth.generate_simple(s - pos, buffer=view[pos * 8:s * 8])
-            pos = s
-        if kind == "on":
-            synth.noteon(chan, a, b)
-        elif kind == "off":
-            synth.noteoff(chan, a)
-        elif kind == "cc":
-            synth.control_change(chan, a, b)
-        else:
-            synth.pitchbend(chan, a)
-    if pos < n:
-        synth.generate_simple(n - pos, buffer=view[pos * 8:])
-    synth.sounds_off()
-    return buf.reshape(-1, 2).mean(axis=1), True
+def _presets(data: bytes) -> frozenset[tuple[int, int]]:
+    """(bank, program) of every preset header (RIFF sfbk > LIST pdta > phdr)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"sfbk":
+        raise ValueError("not a SoundFont 2 file")
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        if kind == b"LIST" and data[pos + 8:pos + 12] == b"pdta":
+            sub, end = pos + 12, pos + 8 + size
+            while sub + 8 <= end:
+                sub_kind, sub_size = data[sub:sub + 4], struct.unpack_from("<I", data, sub + 4)[0]
+                if sub_kind == b"phdr":  # 38-byte records; the last one is the EOP terminator
+                    records = range(sub + 8, sub + 8 + sub_size - 38, 38)
+                    return frozenset((struct.unpack_from("<H", data, r + 22)[0], struct.unpack_from("<H", data, r + 20)[0])
+                                     for r in records)
+                sub += 8 + sub_size + (sub_size & 1)
+        pos += 8 + size + (size & 1)
+    raise ValueError("SoundFont without preset headers")
+
+
+def _render_sf2(inst: pretty_midi.Instrument, path: str, rate: int, n: int) -> tuple[np.ndarray, bool]:
+    """One stem through midirenderer (rustysynth, a SoundFont 2 synthesizer with wheels for
+    every platform), dry: no reverb or chorus, as ``render_midi`` adds its own effects."""
+    import midirenderer
+    import torch
+    import torchaudio.functional as AF
+
+    data, presets = _font(path)
+    program = inst.program
+    if inst.is_drum and (128, program) not in presets:
+        program = 0  # missing kit: standard kit
+    if (128 if inst.is_drum else 0, program) not in presets:
+        return np.zeros(n, np.float32), False
+    stem = pretty_midi.Instrument(program, is_drum=inst.is_drum)
+    stem.notes = list(inst.notes)
+    stem.pitch_bends = list(inst.pitch_bends)
+    end = n / rate
+    stem.control_changes = [pretty_midi.ControlChange(91, 0, 0.0), pretty_midi.ControlChange(93, 0, 0.0)]
+    stem.control_changes += [c for c in inst.control_changes if c.number in _PASSED_CCS and c.time < end]
+    stem.control_changes.append(pretty_midi.ControlChange(_NO_OP_CC, 0, end))
+    midi = pretty_midi.PrettyMIDI(resolution=960, initial_tempo=120.0)  # ticks of ~0.5 ms
+    midi.instruments.append(stem)
+    buf = io.BytesIO()
+    midi.write(buf)
+    wav = midirenderer.render_wave_from(data, buf.getvalue())
+    audio, synth_rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
+    mono = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1)))
+    if synth_rate != rate:
+        mono = AF.resample(mono, synth_rate, rate)
+    mono = mono.numpy()[:n]
+    return np.pad(mono, (0, n - len(mono))).astype(np.float32), True
 
 
 def _render_timidity(inst: pretty_midi.Instrument, rate: int, n: int) -> tuple[np.ndarray, bool]:
@@ -262,4 +274,4 @@ def render_stem(inst: pretty_midi.Instrument, soundfont: str, rate: int, n: int)
     inst = apply_sustain(inst)
     if soundfont == FREEPATS:
         return _render_timidity(inst, rate, n)
-    return _render_tsf(inst, soundfont, rate, n)
+    return _render_sf2(inst, soundfont, rate, n)
