@@ -81,3 +81,33 @@ def eq(x: torch.Tensor, rate: int, rng: np.random.Generator) -> tuple[torch.Tens
     g = float(rng.uniform(-6, 6))
     return AF.bass_biquad(x, rate, g, central_freq=150.0), f"bass {g:+.1f}dB"
 
+
+
+def compress(audio: np.ndarray, rate: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Feed-forward compressor (10-ms RMS detector, attack/release smoothing) with make-up
+    gain: the flattened dynamics of produced music."""
+    hop = max(1, rate // 100)
+    n = (len(audio) + hop - 1) // hop
+    x = np.pad(audio, (0, n * hop - len(audio)))
+    level = 20 * np.log10(np.sqrt(np.mean(x.reshape(n, hop) ** 2, axis=1)) + 1e-9)
+    thr, ratio = float(np.percentile(level, 60) - rng.uniform(0, 10)), float(rng.uniform(2, 8))
+    over = np.maximum(level - thr, 0.0)
+    target = -over * (1 - 1 / ratio)
+    att, rel = 0.5, float(np.exp(-1 / rng.uniform(5, 30)))  # per-frame smoothing
+    gain = np.empty(n)
+    g = 0.0
+    for i, t in enumerate(target):
+        g = att * g + (1 - att) * t if t < g else rel * g + (1 - rel) * t
+        gain[i] = g
+    gain = np.interp(np.arange(len(audio)) / hop, np.arange(n), gain)
+    y = audio * 10 ** (gain / 20)
+    y *= np.max(np.abs(audio)) / (np.max(np.abs(y)) + 1e-9)
+    return y.astype(np.float32), f"compress thr={thr:.0f}dB ratio={ratio:.1f}"
+
+
+def limit(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Loud mastering: drive into a soft clipper."""
+    drive = float(rng.uniform(1.5, 4.0))
+    peak = np.max(np.abs(audio)) + 1e-9
+    y = np.tanh(drive * audio / peak) / np.tanh(drive) * peak
+    return y.astype(np.float32), f"limit drive={drive:.1f}"

@@ -54,6 +54,7 @@ class TrainConfig:
     name: str = "tagger"
     version: str = "1"
     threads: int | None = None
+    teacher_fraction: float = 0.25  # share of each batch drawn from teacher windows, when given
 
 
 @dataclass
@@ -157,22 +158,37 @@ def choose_aggregation(model: TaggerModel, val_audio: Sequence[_Audio], dev: tor
     return method, *results[method]
 
 
+@dataclass
+class TeacherData:
+    """Real-audio windows at the model rate and their calibrated teacher targets."""
+
+    windows: np.ndarray  # [N, window_samples] float32
+    targets: np.ndarray  # [N, labels] in [0, 1]
+    info: dict = field(default_factory=dict)  # what the checkpoint records about the teacher
+
+
 def _train_step(global_step, model, optimizer, scaler, loss_fn, masks, train_audio, labels, config, total_steps,
-                steps_per_epoch, rng, dev) -> float:
-    """One batch: random windows, random gain, multi-label mixup, SpecAugment, AdamW step."""
+                steps_per_epoch, rng, dev, teacher: TeacherData | None = None) -> float:
+    """One batch: random windows, random gain, multi-label mixup, SpecAugment, AdamW step.
+    With a teacher, ``teacher_fraction`` of the batch are real windows with soft targets."""
     features = model.features
     for group in optimizer.param_groups:
         group["lr"] = _lr_at(global_step, total_steps, config.warmup_epochs * steps_per_epoch, config.lr)
-    pairs = [_random_window(rng.choice(train_audio), labels, features, rng) for _ in range(config.batch_size)]
+    n_teacher = int(round(config.batch_size * config.teacher_fraction)) if teacher is not None else 0
+    pairs = [_random_window(rng.choice(train_audio), labels, features, rng) for _ in range(config.batch_size - n_teacher)]
     x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
     y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
-    x = x * torch.empty(len(x), 1, device=dev).uniform_(0.25, 1.5)  # random gain
     if rng.random() < config.mixup:
         # Multi-label mixup: both mixes' instruments sound, so the targets unite.
         perm = torch.randperm(len(x), device=dev)
         lam = torch.empty(len(x), 1, device=dev).uniform_(0.3, 0.7)
         x = lam * x + (1 - lam) * x[perm]
         y = torch.maximum(y, y[perm])
+    if n_teacher:
+        pick = [rng.randrange(len(teacher.windows)) for _ in range(n_teacher)]
+        x = torch.cat([x, torch.from_numpy(teacher.windows[pick]).to(dev)])
+        y = torch.cat([y, torch.from_numpy(teacher.targets[pick]).to(dev)])
+    x = x * torch.empty(len(x), 1, device=dev).uniform_(0.25, 1.5)  # random gain
     with torch.autocast(dev.type, enabled=scaler.is_enabled(), dtype=torch.float16):
         spec = model.front(x)
         if config.spec_augment:
@@ -199,8 +215,11 @@ def train_model(
     resume: bool = False,
     progress: bool = False,
     log: Log = print,
+    teacher: TeacherData | None = None,
 ) -> TaggerModel:
-    """Train on ``clips`` (validation split by group unless given) and write ``out``."""
+    """Train on ``clips`` (validation split by group unless given) and write ``out``.
+    ``teacher``: real windows with teacher targets mixed into every batch (validation,
+    checkpoint choice and thresholds still use the labelled validation clips only)."""
     config = config or TrainConfig()
     features = features or FeatureConfig()
     labels = list(labels)
@@ -254,7 +273,7 @@ def train_model(
                 bar.advance(task)
                 epoch_loss += _train_step(
                     epoch * steps_per_epoch + step, model, optimizer, scaler, loss_fn, (freq_mask, time_mask),
-                    train_audio, labels, config, total_steps, steps_per_epoch, rng, dev,
+                    train_audio, labels, config, total_steps, steps_per_epoch, rng, dev, teacher,
                 )
             bar.remove_task(task)
 
@@ -291,6 +310,7 @@ def train_model(
     best.training = {
         "config": {k: v for k, v in vars(config).items()},
         "train_clips": len(train_audio),
+        "teacher": teacher.info if teacher is not None else None,
         "validation_clips": len(val_audio),
         "best_epoch": best_epoch + 1,
         "history": history,

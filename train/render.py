@@ -23,7 +23,7 @@ import torchaudio.functional as AF
 import yaml
 
 from train.arrange import generate_arrangement
-from train.effects import eq, lossy, reverb
+from train.effects import compress, eq, limit, lossy, reverb
 from train.soundfonts import (
     FREEPATS,
     SOUNDFONT_FAMILIES,
@@ -145,13 +145,17 @@ def window_labels(label_activity: dict[str, Sequence[tuple[float, float]]], labe
 
 def render_midi(midi: pretty_midi.PrettyMIDI, soundfont: str, *, sample_rate: int = 16000,
                 rng: np.random.Generator | None = None, seconds: float | None = None,
-                augment: bool = False, render_sample_rate: int | None = None) -> RenderedMix:
+                augment: bool = False, render_sample_rate: int | None = None,
+                production: bool = False) -> RenderedMix:
     """Render each instrument of ``midi`` separately, mix, normalise and label.
 
     ``soundfont``: .sf2 path, short name from ``find_soundfonts`` or ``"freepats"``.
     ``augment``: velocity spread, random stem gains/EQ, render rate, reverb, lossy codec,
     random overall level. Without it stems are mixed as the font plays them, peak 0.9.
+    ``production`` (with ``augment``): a denser production chain, closer to released music:
+    more stem EQ, stem and bus compression, more reverb, a soft limiter, more lossy codecs.
     """
+    p_eq, p_comp, p_rev, p_limit, p_lossy = (0.5, 0.5, 0.6, 0.4, 0.3) if production else (0.25, 0.0, 0.25, 0.0, 0.15)
     rng = rng if rng is not None else np.random.default_rng()
     soundfont = resolve_soundfont(soundfont)
     seconds = float(seconds if seconds is not None else midi.get_end_time() + 1.0)
@@ -184,24 +188,31 @@ def render_midi(midi: pretty_midi.PrettyMIDI, soundfont: str, *, sample_rate: in
         x = x * torch.from_numpy(10 ** (gains_db / 20)).float()[:, None]
         effects["stem_gains_db"] = [round(float(g), 1) for g in gains_db]
         for i in range(len(x)):
-            if rng.random() < 0.25:
+            if rng.random() < p_eq:
                 y, desc = eq(x[i], sample_rate, rng)
                 x[i] = y
                 effects[f"stem{i}_eq"] = desc
+            if p_comp and rng.random() < p_comp * 0.6:
+                y, effects[f"stem{i}_comp"] = compress(x[i].numpy(), sample_rate, rng)
+                x[i] = torch.from_numpy(y)
     stems_audio = x.numpy().astype(np.float32)
     mix = stems_audio.sum(axis=0) if len(stems_audio) else np.zeros(n_out, np.float32)
     if augment:
-        if rng.random() < 0.25:
+        if rng.random() < p_rev:
             mix, effects["reverb"] = reverb(mix, sample_rate, rng)
         if rng.random() < 0.3:
             y, effects["mix_eq"] = eq(torch.from_numpy(np.ascontiguousarray(mix)), sample_rate, rng)
             mix = y.numpy()
+        if p_comp and rng.random() < p_comp:
+            mix, effects["bus_comp"] = compress(mix, sample_rate, rng)
+        if p_limit and rng.random() < p_limit:
+            mix, effects["limit"] = limit(mix, rng)
     peak = float(np.max(np.abs(mix))) if len(mix) else 0.0
     target = float(rng.uniform(0.3, 0.9)) if augment else 0.9
     gain = target / peak if peak > 1e-6 else 1.0
     mix = (mix * gain).astype(np.float32)
     stems_audio *= gain
-    if augment and rng.random() < 0.15 and peak > 1e-6:
+    if augment and rng.random() < p_lossy and peak > 1e-6:
         mix, effects["codec"] = lossy(mix, sample_rate, rng)
         mix = np.clip(mix, -1.0, 1.0).astype(np.float32)
     stems = [Stem(inst.program, inst.is_drum, label_for_program(inst.program, inst.is_drum), stems_audio[i],
@@ -232,9 +243,14 @@ def _midi_files(midi_dir: str) -> list[Path]:
     return sorted(p for p in Path(midi_dir).rglob("*") if p.suffix.lower() in (".mid", ".midi") and p.is_file())
 
 
-def _source(rng: np.random.Generator, seconds: float, files: list[Path]) -> tuple[pretty_midi.PrettyMIDI, str | None]:
-    """The track's MIDI: a generated arrangement, or a random excerpt of a user file."""
+def _source(rng: np.random.Generator, seconds: float, files: list[Path],
+            solo: float = 0.0) -> tuple[pretty_midi.PrettyMIDI, str | None]:
+    """The track's MIDI: a generated arrangement, or a random excerpt of a user file.
+    ``solo``: the share of generated tracks forced to one or two parts (real libraries hold
+    many solo recordings; the arranger alone makes ~14 % solos and duos)."""
     if not files:
+        if solo and rng.random() < solo:
+            return generate_arrangement(rng, seconds=seconds, n_parts=1 if rng.random() < 0.7 else 2), None
         return generate_arrangement(rng, seconds=seconds), None
     for _ in range(20):
         path = files[int(rng.integers(len(files)))]
@@ -266,12 +282,13 @@ def _write_flac(path: Path, audio: np.ndarray, rate: int) -> None:
 
 
 def _render_track(out_dir: str, index: int, seed: int, fonts: Sequence[str], seconds: float,
-                  sample_rate: int, files: list[Path], augment: bool) -> Path:
+                  sample_rate: int, files: list[Path], augment: bool, production: bool = False,
+                  solo: float = 0.0) -> Path:
     torch.set_num_threads(1)  # one track per core; keep the shared machine light
     rng, font, rate = _track_plan(seed, index, fonts, augment, sample_rate)
-    midi, source = _source(rng, seconds, files)
+    midi, source = _source(rng, seconds, files, solo)
     mix = render_midi(midi, font, sample_rate=sample_rate, rng=rng, seconds=seconds, augment=augment,
-                      render_sample_rate=rate)
+                      render_sample_rate=rate, production=production)
     tdir = track_dir(out_dir, index)
     (tdir / "stems").mkdir(parents=True, exist_ok=True)
     (tdir / "MIDI").mkdir(exist_ok=True)
@@ -324,7 +341,8 @@ def _render_track(out_dir: str, index: int, seed: int, fonts: Sequence[str], sec
 
 def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[str], seed: int = 0,
                    seconds: float = 10.0, sample_rate: int = 16000, midi_dir: str | None = None,
-                   jobs: int = 1, start_index: int = 0, progress: bool = True, augment: bool = True) -> list[Path]:
+                   jobs: int = 1, start_index: int = 0, progress: bool = True, augment: bool = True,
+                   production: bool = False, solo: float = 0.0) -> list[Path]:
     """Render tracks ``start_index .. start_index+n_tracks-1`` into ``out_dir`` (Slakh layout).
 
     Track i is seeded from (seed, i) and uses ``soundfonts[i % len(soundfonts)]``; tracks
@@ -342,13 +360,14 @@ def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[s
         raise FileNotFoundError(f"no .mid files under {midi_dir}")
     indices = list(range(start_index, start_index + n_tracks))
     info = {"n_tracks": n_tracks, "start_index": start_index, "seed": seed, "seconds": seconds,
-            "sample_rate": sample_rate, "augment": augment, "midi_dir": midi_dir,
+            "sample_rate": sample_rate, "augment": augment, "production": production, "solo": solo,
+            "midi_dir": midi_dir,
             "soundfonts": [{"spec": f, "name": soundfont_name(f), "family": soundfont_family(f)} for f in fonts]}
     (out / "render_info.json").write_text(json.dumps(info, indent=2))
     todo = [i for i in indices if not (track_dir(out, i) / "metadata.yaml").exists()]
     # group by (font, render rate) so each worker rarely reloads a big font
     todo.sort(key=lambda i: (_track_plan(seed, i, fonts, augment, sample_rate)[1:], i))
-    args = (seed, fonts, seconds, sample_rate, files, augment)
+    args = (seed, fonts, seconds, sample_rate, files, augment, production, solo)
     with Progress(console=Console(stderr=True), disable=not progress, transient=False) as bar:
         task = bar.add_task("rendering", total=len(todo))
         if jobs == 1:

@@ -36,6 +36,7 @@ SOUNDFONT_FAMILIES: dict[str, str] = {
     "timgm6mb": "timgm",
     "timgm6mb.sf2": "timgm",
     FREEPATS: "freepats",
+    "samples": "samples",  # recorded notes (train.samples), SoundFont fallback for the rest
 }
 
 _SEARCH_DIRS = ("/usr/share/sounds/sf2", "/usr/share/soundfonts", "/usr/share/sounds/sf3",
@@ -50,8 +51,8 @@ _BEST_FIRST = ("fluidr3", "musescore", "timgm6mb", FREEPATS)
 
 def soundfont_name(spec: str) -> str:
     """Short, lower-case name of a font spec (path or ``freepats``)."""
-    if spec == FREEPATS:
-        return FREEPATS
+    if spec in (FREEPATS, "samples"):
+        return spec
     file_name = Path(os.path.realpath(spec)).name
     for short, files in _KNOWN_FILES.items():
         if file_name in files:
@@ -83,6 +84,10 @@ def find_soundfonts() -> dict[str, str]:
             found["timgm6mb"] = str(bundled)
     if shutil.which("timidity") and Path(FREEPATS_CFG).is_file():
         found[FREEPATS] = FREEPATS
+    from train.samples import SAMPLES, sample_library
+
+    if sample_library() is not None:
+        found[SAMPLES] = SAMPLES
     return found
 
 
@@ -274,4 +279,21 @@ def render_stem(inst: pretty_midi.Instrument, soundfont: str, rate: int, n: int)
     inst = apply_sustain(inst)
     if soundfont == FREEPATS:
         return _render_timidity(inst, rate, n)
+    if soundfont == "samples":
+        from train.samples import render_sampled
+
+        played = render_sampled(inst, rate, n)
+        if played is not None:
+            return played
+        soundfont = _fallback_font(inst)
     return _render_sf2(inst, soundfont, rate, n)
+
+
+def _fallback_font(inst: pretty_midi.Instrument) -> str:
+    """A .sf2 of the training families for what the sample library cannot play: TimGM6mb
+    first, which loads in milliseconds (FluidR3 reloads per render rate cost 3 s each)."""
+    fonts = find_soundfonts()
+    paths = [fonts[n] for n in ("timgm6mb", "fluidr3", "musescore") if n in fonts]
+    if not paths:
+        raise FileNotFoundError("the samples family needs a SoundFont for unsampled programs")
+    return paths[0]

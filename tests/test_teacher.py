@@ -1,0 +1,82 @@
+"""Training with a teacher on real, unlabelled audio (train.teacher, tagger train --teacher):
+calibrated targets, teacher windows inside each batch, the CLI end to end with a randomly
+initialised mn04 (no network, no shared weights needed)."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tagger.cli import main
+from tagger.model import load_model, new_model
+from train import loop
+from train.teacher import calibrate
+from train.taxonomy import LABELS
+
+pytestmark = pytest.mark.slow
+
+
+def test_calibration_maps_the_teacher_threshold_to_one_half() -> None:
+    probs = np.array([[0.05, 0.2, 0.9], [0.01, 0.5, 0.2]])
+    out = calibrate(probs, [0.05, 0.5, 0.2])
+    assert out[0, 0] == pytest.approx(0.5) and out[1, 1] == pytest.approx(0.5) and out[1, 2] == pytest.approx(0.5)
+    assert out[1, 0] < 0.5 < out[0, 2]
+    soft = calibrate(probs, [0.05, 0.5, 0.2], temperature=4.0)
+    assert 0.5 < soft[0, 2] < out[0, 2]  # a temperature softens
+
+
+def test_teacher_windows_fill_their_share_of_each_batch() -> None:
+    model = new_model(list(LABELS), arch_args={"widths": [8, 16]})
+    n = model.features.window_samples
+    clip = loop.Clip(path="x.flac", labels=("piano",), activity={"piano": ((0.0, 10.0),)})
+    audio = [loop._Audio(clip, np.random.default_rng(0).standard_normal(n * 2).astype(np.float32) * 0.1, 0.0)]
+    targets = np.full((5, len(LABELS)), 0.25, np.float32)
+    teacher = loop.TeacherData(np.zeros((5, n), np.float32), targets)
+    seen = []
+
+    def loss_fn(logits, y):
+        seen.append(y.clone())
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+
+    config = loop.TrainConfig(batch_size=8, mixup=0.0, teacher_fraction=0.25)
+    net = model.network
+    net.train()
+    optimizer = torch.optim.AdamW(net.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    loop._train_step(0, model, optimizer, scaler, loss_fn, (), audio, list(LABELS), config, 10, 5,
+                     random.Random(0), torch.device("cpu"), teacher)
+    y = seen[0]
+    assert y.shape == (8, len(LABELS))
+    assert torch.all(y[-2:] == 0.25)  # 25 % of 8: the teacher's soft targets
+    assert torch.all(y[:6, 0] == 1.0)  # the rest: rendered windows with their labels (piano)
+
+
+def test_train_with_a_teacher_end_to_end(tmp_path) -> None:
+    from tagger.efficientat import Mn04
+
+    weights = tmp_path / "mn04-random.pt"
+    torch.manual_seed(0)
+    torch.save(Mn04().network.net.state_dict(), weights)
+    data = tmp_path / "rendered"
+    result = CliRunner().invoke(main, ["dataset", "render", str(data), "--tracks", "6", "--seconds", "4", "--jobs", "1",
+                                       "--seed", "5"])
+    assert result.exit_code == 0, result.stderr
+    real = tmp_path / "real"
+    real.mkdir()
+    for k, track in enumerate(sorted(data.glob("Track*"))[:2]):
+        (real / f"song{k}.flac").write_bytes((track / "mix.flac").read_bytes())
+    out = tmp_path / "student.pt"
+    args = ["train", str(data), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
+            "--widths", "8,16", "--window-seconds", "2", "--jobs", "1", "--teacher", "efficientat-mn04",
+            "--teacher-weights", str(weights), "--teacher-audio", str(real)]
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.stderr
+    info = load_model(out).training["teacher"]
+    assert info["name"] == "efficientat-mn04" and info["windows"] == 4  # 2 files x 2 windows of 2 s
+    assert list((tmp_path / "cache" / "tagger" / "teacher").glob("*.npz"))  # computed once, cached
+    bad = CliRunner().invoke(main, args[:-2], env=env)
+    assert bad.exit_code == 2 and "go together" in bad.stderr
