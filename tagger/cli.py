@@ -412,9 +412,10 @@ def _log(message: str) -> None:
 @click.option("--teacher-audio", multiple=True, type=click.Path(exists=True), help="Real, unlabelled audio (files or folders) the teacher labels; repeatable.")
 @click.option("--teacher-fraction", type=click.FloatRange(0, 0.9), default=0.25, show_default=True, help="Share of each batch drawn from teacher windows.")
 @click.option("--teacher-temperature", type=click.FloatRange(0.05), default=1.0, show_default=True, help="Softens the calibrated teacher targets.")
+@click.option("--teacher-thresholds", metavar="T1,T2,...", help="The teacher's per-label thresholds (validated on your data) that calibration maps to 0.5 (default: the teacher model's).")
 def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_set, epochs, steps_per_epoch, batch_size,
               lr, patience, seed, window_seconds, hop_seconds, name, model_version, device, jobs, resume,
-              teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature) -> None:
+              teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature, teacher_thresholds) -> None:
     """Train a model on Slakh-layout (rendered or real), IRMAS or manifest data.
 
     Several DATASETS are trained on together (e.g. SoundFont renders and sample-library
@@ -442,23 +443,27 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
         raise click.UsageError("--teacher and --teacher-audio go together")
     try:
         if teacher:
-            teacher_data = _teacher_data(teacher, teacher_weights, teacher_audio, teacher_temperature, labels, features)
+            thresholds = [float(t) for t in teacher_thresholds.split(",")] if teacher_thresholds else None
+            if thresholds is not None and len(thresholds) != len(labels):
+                raise click.UsageError(f"--teacher-thresholds: {len(labels)} values needed")
+            teacher_data = _teacher_data(teacher, teacher_weights, teacher_audio, teacher_temperature, labels, features,
+                                         thresholds)
         loop.train_model(clips, labels, out=out, config=config, features=features, validation_clips=validation,
                          device=device, jobs=jobs, resume=resume, progress=True, log=_log, teacher=teacher_data)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _teacher_data(name, weights, audio, temperature, labels, features):
+def _teacher_data(name, weights, audio, temperature, labels, features, thresholds=None):
     """Real windows and calibrated targets of the teacher ``name`` (cached by train.teacher)."""
     loop, teacher_mod = _import_train("train.loop"), _import_train("train.teacher")
     try:
         if weights is None:  # the installed model (tagger models download efficientat-mn04)
             from tagger import catalog
 
-            teacher = teacher_mod.Mn04Teacher(model=catalog.load(name))
+            teacher = teacher_mod.Mn04Teacher(model=catalog.load(name), thresholds=thresholds)
         else:
-            teacher = teacher_mod.Mn04Teacher(weights)
+            teacher = teacher_mod.Mn04Teacher(weights, thresholds=thresholds)
         windows, probs, _ = teacher_mod.teacher_windows(audio, teacher, labels, sample_rate=features.sample_rate,
                                                         window_seconds=features.window_seconds, log=_log)
     except (ValueError, OSError, RuntimeError, ImportError) as exc:

@@ -79,7 +79,7 @@ def _cache_key(files: Sequence[Path], teacher: Mn04Teacher, window_s: float, rat
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}:{st.st_size}:{int(st.st_mtime)};".encode())
-    h.update(f"{teacher.thresholds}:{window_s}:{rate}:{max_windows}".encode())
+    h.update(f"{teacher.sample_rate}:{window_s}:{rate}:{max_windows}".encode())  # raw probs: thresholds apply later
     return h.hexdigest()[:16]
 
 
