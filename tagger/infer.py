@@ -24,9 +24,10 @@ from tagger.model import TaggerModel
 from tagger.windows import iter_window_blocks
 
 BLOCK_WINDOWS = 32  # windows per block a worker hands over (~6 MB at 16 kHz, 3 s)
-# Measured on a 2-core CPU: 16-32 windows per batch ran up to 2x faster than 64-256, since
-# the first conv stage's activations then stay in cache; a GPU wants large batches.
-CPU_BATCH_SIZE = 32
+# Measured on a 2-core CPU (network only, one thread): 4-16 windows per batch ran 1.3x faster
+# than 32 and 1.8x faster than 64, since the first stages' activations then stay in cache;
+# a GPU wants large batches.
+CPU_BATCH_SIZE = 16
 CUDA_BATCH_SIZE = 256
 
 
@@ -54,17 +55,21 @@ class Block:
     """A piece of one track: some windows, or the end of the track, or its error."""
 
     track: int
-    # [n, window_samples] float32. Kept numpy: tensors would cross processes as shared-memory
-    # file descriptors, whose sharer threads print tracebacks when Ctrl-C closes the pipes,
-    # and measured no faster here.
+    # [n, window_samples] float32 waveforms, or [n, 1, mels, frames] features when the worker
+    # ran the front end. Kept numpy: tensors would cross processes as shared-memory file
+    # descriptors, whose sharer threads print tracebacks when Ctrl-C closes the pipes, and
+    # measured no faster here.
     windows: np.ndarray | None
     last: bool = False
     n_samples: int = 0  # total decoded samples, set on the last block
     error: str | None = None
 
 
-def track_blocks(track: int, path: str | os.PathLike, features: FeatureConfig) -> Iterator[Block]:
-    """The per-file unit of work: path -> blocks of windows (or one error block)."""
+def track_blocks(
+    track: int, path: str | os.PathLike, features: FeatureConfig, front: torch.nn.Module | None = None
+) -> Iterator[Block]:
+    """The per-file unit of work: path -> blocks of windows (or one error block); with
+    ``front``, blocks carry the front end's features instead of waveforms."""
     n_samples = 0
 
     def counted(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -78,7 +83,7 @@ def track_blocks(track: int, path: str | os.PathLike, features: FeatureConfig) -
         for windows in iter_window_blocks(
             chunks, window=features.window_samples, hop=features.hop_samples, block=BLOCK_WINDOWS
         ):
-            yield Block(track, windows)
+            yield Block(track, windows if front is None else _features(front, windows))
     except DecodeError as exc:
         yield Block(track, None, last=True, error=str(exc))
         return
@@ -91,16 +96,22 @@ def track_blocks(track: int, path: str | os.PathLike, features: FeatureConfig) -
     yield Block(track, None, last=True, n_samples=n_samples)
 
 
+@torch.inference_mode()
+def _features(front: torch.nn.Module, windows: np.ndarray) -> np.ndarray:
+    return front(torch.from_numpy(windows)).numpy()
+
+
 class _DecodeDataset(IterableDataset):
-    def __init__(self, items: Sequence[tuple[int, str]], features: FeatureConfig):
+    def __init__(self, items: Sequence[tuple[int, str]], features: FeatureConfig, front: torch.nn.Module | None):
         self.items = list(items)
         self.features = features
+        self.front = front
 
     def __iter__(self) -> Iterator[Block]:
         info = get_worker_info()
         shard = self.items if info is None else self.items[info.id :: info.num_workers]
         for track, path in shard:
-            yield from track_blocks(track, path, self.features)
+            yield from track_blocks(track, path, self.features, self.front)
 
 
 def _init_worker(_worker_id: int, *, parent: int) -> None:
@@ -116,10 +127,11 @@ def _keep_block(block: Block) -> Block:
 
 
 def decode_blocks(
-    items: Sequence[tuple[int, str]], features: FeatureConfig, *, jobs: int
+    items: Sequence[tuple[int, str]], features: FeatureConfig, *, jobs: int, front: torch.nn.Module | None = None
 ) -> Iterable[Block]:
-    """Blocks for ``(track id, path)`` items, decoded by ``jobs`` worker processes (0: inline)."""
-    dataset = _DecodeDataset(items, features)
+    """Blocks for ``(track id, path)`` items, decoded by ``jobs`` worker processes (0: inline);
+    with ``front`` (see ``BatchRunner.worker_front``) the workers also compute the features."""
+    dataset = _DecodeDataset(items, features, front)
     if jobs <= 0 or len(items) == 0:
         return iter(dataset)
     return DataLoader(
@@ -145,8 +157,18 @@ class BatchRunner:
         self._tracks: list[np.ndarray] = []
         self._pending = 0
 
+    def worker_front(self) -> torch.nn.Module | None:
+        """The front end for decode workers to run, or None to run it here in batches.
+
+        On CPU the features cost as much as a third of the network: computed in the decode
+        workers they spread over the cores, the main process only runs the network, and a
+        block crosses processes as features, a third of the bytes of its waveforms. A GPU
+        computes them faster in its own batches."""
+        return self.model.front if self.device.type == "cpu" else None
+
     def add(self, track: int, windows: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Queue windows; returns ``(track, probs)`` pieces for every full batch run."""
+        """Queue windows (waveforms, or features from ``worker_front``); returns
+        ``(track, probs)`` pieces for every full batch run."""
         self._windows.append(windows)
         self._tracks.append(np.full(len(windows), track))
         self._pending += len(windows)
@@ -180,6 +202,7 @@ class BatchRunner:
         else:
             batch = batch.to(self.device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
-            spec = self.model.front(batch).contiguous(memory_format=torch.channels_last)
+            spec = self.model.front(batch) if batch.dim() == 2 else batch  # 4-D: features already
+            spec = spec.contiguous(memory_format=torch.channels_last)
             logits = self.network(spec)
         return torch.sigmoid(logits.float()).cpu().numpy()

@@ -265,7 +265,8 @@ def tag_files(
         # thread tagged 1.25x faster than two (oversubscribed cores thrash).
         torch.set_num_threads(max(1, _usable_cores() - jobs))
     try:
-        _run_blocks(decode_blocks(items, model.features, jobs=jobs), tracks, runner, finish, emit_later)
+        blocks = decode_blocks(items, model.features, jobs=jobs, front=runner.worker_front())
+        _run_blocks(blocks, tracks, runner, finish, emit_later)
     except BaseException:
         # On Ctrl-C the write under way completes (it is atomic anyway); queued ones are dropped.
         writer.shutdown(wait=True, cancel_futures=True)

@@ -154,9 +154,12 @@ def test_batches_mixed_across_tracks_match_one_track_at_a_time(tmp_path, tiny_mo
     items = list(enumerate(paths))
     device = pick_device("cpu")
 
-    def run(batch_size: int, jobs: int) -> dict[int, np.ndarray]:
+    def run(batch_size: int, jobs: int, in_workers: bool) -> dict[int, np.ndarray]:
         runner, got = BatchRunner(model, device, batch_size), {}
-        for block in decode_blocks(items, model.features, jobs=jobs):
+        front = runner.worker_front() if in_workers else None
+        for block in decode_blocks(items, model.features, jobs=jobs, front=front):
+            # features from the workers, or waveforms for the runner's own front end
+            assert block.windows is None or block.windows.ndim == (4 if in_workers else 2)
             if block.windows is not None:
                 for track, probs in runner.add(block.track, np.asarray(block.windows)):
                     got.setdefault(track, []).append(probs)
@@ -168,11 +171,27 @@ def test_batches_mixed_across_tracks_match_one_track_at_a_time(tmp_path, tiny_mo
     for track, path in items:
         windows = np.concatenate([b.windows for b in decode_blocks([(track, path)], model.features, jobs=0) if b.windows is not None])
         alone[track] = BatchRunner(model, device, 1).predict(windows)
-    for batch_size, jobs in [(3, 0), (7, 2), (64, 2)]:
-        mixed = run(batch_size, jobs)
+    assert BatchRunner(model, device).worker_front() is model.front  # CPU: features in the workers
+    for batch_size, jobs, in_workers in [(3, 0, False), (7, 2, False), (64, 2, False), (3, 0, True), (7, 2, True)]:
+        mixed = run(batch_size, jobs, in_workers)
         assert sorted(mixed) == [0, 1, 2, 3]
         for track in alone:
             np.testing.assert_allclose(mixed[track], alone[track], atol=1e-5)
+
+
+def test_log_mel_matches_torchaudio():
+    import torchaudio
+
+    from tagger.features import LOG_FLOOR, FeatureConfig, LogMel
+
+    config = FeatureConfig()
+    x = torch.randn(3, config.window_samples)
+    reference = torchaudio.transforms.MelSpectrogram(
+        sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
+        f_min=config.f_min, f_max=config.f_max, power=2.0,
+    )(x)
+    expected = torch.log(reference.clamp_min(LOG_FLOOR**2)).unsqueeze(1)
+    torch.testing.assert_close(LogMel(config)(x), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_unknown_device_is_refused():
