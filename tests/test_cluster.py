@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import faulthandler
 import hashlib
 import json
 import logging
@@ -101,6 +102,15 @@ def cluster(tmp_path_factory):
     while (left := _children() - before) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"processes left behind: {[psutil.Process(p).cmdline() for p in left]}"
+
+
+@pytest.fixture(autouse=True)
+def _no_hang():
+    # A client waits for workers as long as it takes; if this machine is too loaded for the nanny
+    # to bring a killed worker back, fail loudly (tracebacks, exit) rather than hang CI.
+    faulthandler.dump_traceback_later(300, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture
@@ -233,24 +243,25 @@ def test_worker_killed_mid_write_is_retried_elsewhere(cluster, library, tiny_mod
 
 
 def test_file_that_keeps_killing_workers_is_reported_and_left_whole(cluster, library, tiny_model_path, tmp_path):
-    victim = make_audio_file(library / "DIE-ALWAYS.mp3", "mp3", seconds=2.5, seed=8)
+    # Sorted second, so it shares its chunk (2 files: 5 files, 2 workers) with "00 track.flac".
+    victim = make_audio_file(library / "01 DIE-ALWAYS.mp3", "mp3", seconds=2.5, seed=8)
     before = hashlib.sha256(victim.read_bytes()).hexdigest()
     report = tmp_path / "r.jsonl"
     result = _run("tag", str(library), "--model", str(tiny_model_path), "--scheduler", cluster.scheduler_address,
                   "--report", str(report))
     out = result.output + result.stderr
     assert result.exit_code == 1, out
-    assert "DIE-ALWAYS.mp3: a cluster worker died" in result.stderr and "Traceback" not in out
+    assert "01 DIE-ALWAYS.mp3: a cluster worker died" in result.stderr and "Traceback" not in out
     rows = {Path(r["path"]).name: r for r in map(json.loads, report.read_text().splitlines())}
-    assert rows["DIE-ALWAYS.mp3"]["status"] == "error"
+    assert rows["01 DIE-ALWAYS.mp3"]["status"] == "error"
     for name, row in rows.items():
-        if name != "DIE-ALWAYS.mp3":
+        if name != "01 DIE-ALWAYS.mp3":  # its chunk mate included
             # "skipped": tagged by this run on a worker that died before its result was collected
             # (the scheduler re-ran the task, which found the file tagged by this model).
             assert row["status"] in {"tagged", "skipped"} and _values(library / name) == EXPECTED, name
     assert len(rows) == 5
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == before  # untouched: the rename never happened
-    # One tagged temp per killed worker: 2 deaths as one chunk, 2 as a task of its own. The next run removes them.
+    # One tagged temp per killed worker: 2 deaths in its chunk, 2 as a task of its own. The next run removes them.
     assert len(_temps(library)) == 4
     _run("tag", str(library / "00 track.flac"), "--model", str(tiny_model_path), "--scheduler", cluster.scheduler_address, "-q")
     assert _temps(library) == []
