@@ -175,7 +175,7 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: float, log: str) -> t
         return -1, "timed out", time.monotonic() - started
     LOGS.mkdir(exist_ok=True)
     (LOGS / f"{log}.txt").write_text(proc.stdout + proc.stderr)
-    failed = next((line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))), "")
+    failed = next((line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED tests", "ERROR tests"))), "")
     return proc.returncode, failed, time.monotonic() - started
 
 
