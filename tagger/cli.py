@@ -407,6 +407,7 @@ def _log(message: str) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(1), default=2, show_default=True, help="Decoding processes.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state after an interruption.")
+@click.option("--init", "init_model", type=click.Path(exists=True, dir_okay=False), help="Start from this model's weights (same architecture, labels, features): fine-tuning.")
 @click.option("--teacher", type=click.Choice(["efficientat-mn04"]), help="Teacher model that labels --teacher-audio.")
 @click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), help="The teacher's weights (mn04_as_mAP_432.pt; default: the installed efficientat-mn04).")
 @click.option("--teacher-audio", multiple=True, type=click.Path(exists=True), help="Real, unlabelled audio (files or folders) the teacher labels; repeatable.")
@@ -415,7 +416,8 @@ def _log(message: str) -> None:
 @click.option("--teacher-thresholds", metavar="T1,T2,...", help="The teacher's per-label thresholds (validated on your data) that calibration maps to 0.5 (default: the teacher model's).")
 def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_set, epochs, steps_per_epoch, batch_size,
               lr, patience, seed, window_seconds, hop_seconds, name, model_version, device, jobs, resume,
-              teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature, teacher_thresholds) -> None:
+              init_model, teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature,
+              teacher_thresholds) -> None:
     """Train a model on Slakh-layout (rendered or real), IRMAS or manifest data.
 
     Several DATASETS are trained on together (e.g. SoundFont renders and sample-library
@@ -448,8 +450,10 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
                 raise click.UsageError(f"--teacher-thresholds: {len(labels)} values needed")
             teacher_data = _teacher_data(teacher, teacher_weights, teacher_audio, teacher_temperature, labels, features,
                                          thresholds)
+        init = _load_model(init_model) if init_model else None
         loop.train_model(clips, labels, out=out, config=config, features=features, validation_clips=validation,
-                         device=device, jobs=jobs, resume=resume, progress=True, log=_log, teacher=teacher_data)
+                         device=device, jobs=jobs, resume=resume, progress=True, log=_log, teacher=teacher_data,
+                         init=init)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 

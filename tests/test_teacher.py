@@ -80,3 +80,16 @@ def test_train_with_a_teacher_end_to_end(tmp_path) -> None:
     assert list((tmp_path / "cache" / "tagger" / "teacher").glob("*.npz"))  # computed once, cached
     bad = CliRunner().invoke(main, args[:-2], env=env)
     assert bad.exit_code == 2 and "go together" in bad.stderr
+    # --init: fine-tuning starts from the given model's weights (lr 0: they stay as they were)
+    tuned = tmp_path / "tuned.pt"
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tuned), "--epochs", "1", "--steps-per-epoch", "1",
+                                       "--batch-size", "8", "--window-seconds", "2", "--jobs", "1", "--lr", "0",
+                                       "--init", str(out)])
+    assert result.exit_code == 0, result.stderr
+    student, fine = load_model(out), load_model(tuned)
+    assert fine.arch_args == {"widths": [8, 16]} and str(out) in fine.training["init"]
+    for (name, a), b in zip(student.network.named_parameters(), fine.network.parameters()):
+        assert torch.equal(a, b), name
+    wrong = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "x.pt"), "--epochs", "1",
+                                      "--steps-per-epoch", "1", "--jobs", "1", "--init", str(out)])  # 3-s windows
+    assert wrong.exit_code == 1 and "differ" in wrong.stderr

@@ -216,10 +216,12 @@ def train_model(
     progress: bool = False,
     log: Log = print,
     teacher: TeacherData | None = None,
+    init: TaggerModel | None = None,
 ) -> TaggerModel:
     """Train on ``clips`` (validation split by group unless given) and write ``out``.
     ``teacher``: real windows with teacher targets mixed into every batch (validation,
-    checkpoint choice and thresholds still use the labelled validation clips only)."""
+    checkpoint choice and thresholds still use the labelled validation clips only).
+    ``init``: start from this model's weights (same architecture, labels and features)."""
     config = config or TrainConfig()
     features = features or FeatureConfig()
     labels = list(labels)
@@ -239,7 +241,13 @@ def train_model(
     val_audio = load_audio(validation_clips, features.sample_rate, jobs=jobs, log=log)
     log(f"decoded {len(train_audio)} training and {len(val_audio)} validation clips in {time.perf_counter() - t0:.0f} s")
 
+    if init is not None:
+        config.arch_args = dict(config.arch_args or init.arch_args)
+        if (init.arch, init.labels, init.features, dict(init.arch_args)) != (config.arch, labels, features, config.arch_args):
+            raise ValueError("init model: its architecture, labels or features differ from this training's")
     model = new_model(labels, arch=config.arch, arch_args=config.arch_args, features=features, name=config.name, version=config.version)
+    if init is not None:
+        model.network.load_state_dict(init.network.state_dict())
     model.to(dev)
     net = model.network
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -309,6 +317,7 @@ def train_model(
     best.metrics = {"validation": metrics}
     best.training = {
         "config": {k: v for k, v in vars(config).items()},
+        "init": f"{init.model_id} ({init.path})" if init is not None else None,
         "train_clips": len(train_audio),
         "teacher": teacher.info if teacher is not None else None,
         "validation_clips": len(val_audio),
