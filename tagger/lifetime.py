@@ -52,18 +52,17 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def die_with_parent(parent: int | None = None, *, use_prctl: bool = True) -> None:
+def die_with_parent(main: int | None = None, *, use_prctl: bool = True) -> None:
     """End this process when its parent dies (call it first thing in a worker).
 
-    ``parent``: the pid the parent had before starting us (default: the current parent), so a
-    parent that died before this call is noticed too. Linux: the kernel sends SIGKILL on the
-    parent's death (PR_SET_PDEATHSIG). Elsewhere, or if that fails, a daemon thread polls the
-    parent pid. The parent-death signal fires when the parent *thread* that started us exits,
-    which is the main thread for our loaders.
+    ``main``: the pid of the process the worker serves, taken before it was started, so a
+    main process that died before this call is noticed too. The parent may be another
+    process that lives as long as the main one (a multiprocessing fork server). Linux: the
+    kernel sends SIGKILL on the parent's death (PR_SET_PDEATHSIG). Elsewhere, or if that
+    fails, a daemon thread polls the parent pid. The parent-death signal fires when the
+    parent *thread* that started us exits, which is the main thread for our loaders.
     """
-    parent = os.getppid() if parent is None else parent
-    if os.getppid() != parent:
-        os._exit(1)
+    parent = os.getppid()
     if use_prctl and sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -71,10 +70,25 @@ def die_with_parent(parent: int | None = None, *, use_prctl: bool = True) -> Non
         except (OSError, AttributeError):
             armed = False
         if armed:
-            if os.getppid() != parent:  # the parent died while the signal was being armed
-                os._exit(1)
+            _exit_if_gone(parent, main)  # died before the signal was armed
             return
+    _exit_if_gone(parent, main)
     threading.Thread(target=_watch_parent, args=(parent,), name="tagger-parent-watch", daemon=True).start()
+
+
+def _exit_if_gone(parent: int, main: int | None) -> None:
+    if os.getppid() != parent or (main is not None and not _alive(main)):
+        os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's
+    return True
 
 
 def _watch_parent(parent: int) -> None:

@@ -149,13 +149,17 @@ def test_sigterm_and_sighup_end_the_run_like_ctrl_c(folder, source, tiny_model_p
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["prctl", "watcher-thread"])
 def test_a_worker_dies_with_its_parent(tmp_path, fallback):
-    """die_with_parent(): Linux's parent-death signal, and the portable watcher thread on its own."""
+    """die_with_parent(): Linux's parent-death signal, and the portable watcher thread on its own.
+
+    The main pid handed over is not the parent's (as with a fork server): that alone must not
+    end the worker."""
     code = f"""
 import os, sys, time
 from tagger import lifetime
+main = os.getppid()
 pid = os.fork()
 if pid == 0:
-    lifetime.die_with_parent(use_prctl={not fallback})
+    lifetime.die_with_parent(main, use_prctl={not fallback})
     time.sleep(60)
     os._exit(0)
 print(pid, flush=True)
@@ -172,3 +176,11 @@ time.sleep(60)
     finally:
         for pid in _alive({child}):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_whose_main_process_already_died_exits_at_once():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process now
+    code = f"from tagger import lifetime; lifetime.die_with_parent({dead.pid}); print('still running')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "still running" not in proc.stdout
