@@ -84,7 +84,7 @@ def _cache_key(files: Sequence[Path], teacher: Mn04Teacher, window_s: float, rat
 
 
 def teacher_windows(dirs: Sequence[str | os.PathLike], teacher: Mn04Teacher, labels: Sequence[str], *,
-                    sample_rate: int, window_seconds: float, max_windows_per_file: int = 120,
+                    sample_rate: int, window_seconds: float, max_windows_per_file: int = 60,
                     cache_dir: str | os.PathLike | None = None, log: Log = print) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(student windows ``[N, samples]`` at ``sample_rate``, raw teacher probabilities ``[N, labels]``,
     file index per window) for non-overlapping windows of every audio file under ``dirs``.
