@@ -150,7 +150,7 @@ class BatchRunner:
 
     def __init__(self, model: TaggerModel, device: torch.device, batch_size: int | None = None):
         self.model = model.to(device)
-        self.network = model.inference_network().to(device)
+        self.network = model.inference_network(device).to(device)
         self.device = device
         self.batch_size = batch_size or default_batch_size(device)
         self._windows: list[np.ndarray] = []

@@ -222,7 +222,12 @@ def test_inference_network_matches_the_trained_network():
         x = torch.randn(3, model.features.window_samples)
         with torch.inference_mode():
             expected = model.logits(x)
-            got = model.inference_network()(model.front(x).contiguous(memory_format=torch.channels_last))
+            spec = model.front(x).contiguous(memory_format=torch.channels_last)
+            got = model.inference_network()(spec)
+            fused = model.inference_network("cpu")  # convs with their ReLU fused in
+            got_fused = fused(spec)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got_fused, expected, atol=1e-4, rtol=1e-4)
+        assert not any(isinstance(m, torch.nn.ReLU) for m in fused.features.modules()), arch  # each ReLU there follows a conv
         assert not any(isinstance(m, torch.nn.BatchNorm2d) and "features" in n for n, m in model.inference_network().named_modules()
                        if not n.startswith("features.0"))  # all conv BatchNorms folded (the input MelNorm stays)
