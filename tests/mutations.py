@@ -139,8 +139,11 @@ MUTATIONS: list[Mutation] = [
       "    except (OSError, TimeoutError, ValueError, TypeError) as exc:\n        raise ClusterError(f\"cannot reach",
       "    except ZeroDivisionError as exc:\n        raise ClusterError(f\"cannot reach",
       ("tests/test_cluster.py::test_unreachable_scheduler_is_a_usage_error",)),
+    M("cluster: workers use whatever model file is at the path", "tagger/cluster.py",
+      "        if model.weights_hash == weights_hash:", "        if True:",
+      ("tests/test_cluster.py::test_workers_refuse_a_model_other_than_the_clients",)),
     M("cli: --scheduler quietly tags on this machine", "tagger/cli.py",
-      "        run = tag_paths_on_cluster", "        run, where = tag_paths, {\"jobs\": 0}",
+      "        run = tag_paths_on_cluster", "        run = lambda paths, client, **options: tag_paths(paths, jobs=0, **options)",
       ("tests/test_cluster.py::test_dry_run_scores_like_one_machine_and_loads_model_once_per_worker",)),
 ]
 

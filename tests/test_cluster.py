@@ -277,3 +277,21 @@ def test_unreachable_scheduler_is_a_usage_error(tiny_model_path, library, monkey
     result = _run("tag", str(library), "--model", str(tiny_model_path), "--scheduler", "nonsense://x")
     assert result.exit_code == 2 and "bad scheduler address" in result.stderr
     assert _hashes(library) == before
+
+
+def test_workers_refuse_a_model_other_than_the_clients(cluster, library, tiny_model_path, tmp_path):
+    from tagger.cluster import tag_paths_on_cluster
+    from tagger.model import save_checkpoint
+
+    path = tmp_path / "model.pt"
+    shutil.copy(tiny_model_path, path)
+    model = load_model(path)
+    changed = load_model(path)
+    changed.version = "2"
+    save_checkpoint(changed, path)  # the file the workers will read is no longer the client's model
+    before = _hashes(library)
+    results = []
+    summary = tag_paths_on_cluster([library], client=cluster.client, model=model, on_result=results.append)
+    assert summary.failed == len(results) == 4
+    assert all("with the client's weights" in r.error for r in results)
+    assert _hashes(library) == before
