@@ -176,7 +176,10 @@ def tag_paths_on_cluster(
     )
     files = start_run(paths, dry_run=dry_run, include=include, exclude=exclude, hidden=hidden, summary=summary, on_start=on_start)
     size = chunk_files or _chunk_size(len(files), sum(client.nthreads().values()))
-    items = [(index, str(path)) for index, path in enumerate(files)]
+    # Workers get absolute paths (their working folder is not the client's); results are
+    # reported under the path the client found.
+    items = [(index, os.path.abspath(path)) for index, path in enumerate(files)]
+    shown = {absolute: str(path) for (_, absolute), path in zip(items, files)}
     chunks = iter([items[i : i + size] for i in range(0, len(items), size)])
     retries: deque[list[tuple[int, str]]] = deque()
     running: dict[Future, tuple[list[tuple[int, str]], bool]] = {}  # future -> (chunk, last try)
@@ -209,6 +212,7 @@ def tag_paths_on_cluster(
                 # file on its own, so one bad file does not fail the others.
                 retries.extend([item] for item in chunk)
             for result in results or ():
+                result.path = shown.get(result.path, result.path)
                 summary.add(result)
                 if on_result:
                     on_result(result)

@@ -295,3 +295,15 @@ def test_workers_refuse_a_model_other_than_the_clients(cluster, library, tiny_mo
     assert summary.failed == len(results) == 4
     assert all("with the client's weights" in r.error for r in results)
     assert _hashes(library) == before
+
+
+def test_relative_paths_reach_workers_whose_working_folder_differs(cluster, library, tiny_model_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(library.parent)  # the workers' working folder stays where they started
+    report = tmp_path / "r.csv"
+    result = _run("tag", "music", "--model", str(tiny_model_path), "--scheduler", cluster.scheduler_address,
+                  "--report", str(report), "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    rows = list(csv.DictReader(report.open(encoding="utf-8")))
+    assert sorted(r["path"] for r in rows) == [f"music{os.sep}{p.name}" for p in sorted(library.iterdir())]
+    assert {r["status"] for r in rows} == {"tagged"}
+    assert all(_values(p) == EXPECTED for p in library.iterdir())
