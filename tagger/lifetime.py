@@ -20,6 +20,7 @@ from collections.abc import Iterator
 STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _WATCH_INTERVAL_S = 0.5
+_armed_in: int | None = None  # pid of the process die_with_parent() armed (a fork child inherits it)
 
 
 class Terminated(KeyboardInterrupt):
@@ -62,6 +63,10 @@ def die_with_parent(main: int | None = None, *, use_prctl: bool = True) -> None:
     fails, a daemon thread polls the parent pid. The parent-death signal fires when the
     parent *thread* that started us exits, which is the main thread for our loaders.
     """
+    global _armed_in
+    if _armed_in == os.getpid():
+        return  # already armed in this process (a pool worker calls this for every task)
+    _armed_in = os.getpid()
     parent = os.getppid()
     if use_prctl and sys.platform.startswith("linux"):
         try:

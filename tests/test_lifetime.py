@@ -184,3 +184,39 @@ def test_a_worker_whose_main_process_already_died_exits_at_once():
     code = f"from tagger import lifetime; lifetime.die_with_parent({dead.pid}); print('still running')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "still running" not in proc.stdout
+
+
+def _descendants(pid: int) -> set[int]:
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for p in frontier for c in _children(p)} - found
+        found |= frontier
+    return found
+
+
+def test_kill_9_of_a_render_leaves_no_pool_worker(tmp_path):
+    """`tagger dataset render -j 2` runs joblib (loky) workers: they too end with the run."""
+    out = tmp_path / "ds"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagger", "dataset", "render", str(out), "--tracks", "40", "--seconds", "2",
+         "--soundfont", "timgm6mb", "-j", "2", "--no-augment"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    procs: set[int] = set()
+    while proc.poll() is None and time.monotonic() < deadline:
+        procs |= _descendants(proc.pid)
+        if len(list(out.glob("Track*/metadata.yaml"))) >= 4:  # both workers have taken tasks by now
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the render ended before it could be killed"
+    procs |= _descendants(proc.pid)
+    assert len(procs) >= 2, f"expected pool workers, saw {procs}"
+    try:
+        proc.kill()
+        proc.wait(timeout=30)
+        left = _wait_gone(procs, WORKER_GRACE_S + 1.0)  # + the helpers that exit when the workers do
+        assert not left, f"processes {sorted(left)} outlived the killed render"
+    finally:
+        for pid in _alive(procs):
+            os.kill(pid, signal.SIGKILL)

@@ -28,6 +28,7 @@ from tagger.aggregate import aggregate
 from tagger.decode import DecodeError, decode
 from tagger.features import FeatureConfig
 from tagger.infer import BatchRunner, pick_device
+from tagger.lifetime import die_with_parent
 from tagger.model import DEFAULT_ARCH, TaggerModel, new_model, save_checkpoint
 from tagger.windows import iter_window_blocks
 from train.datasets import Clip, split_clips, window_targets
@@ -65,6 +66,7 @@ class _Audio:
 
 
 def _load_one(clip: Clip, sample_rate: int) -> _Audio | None:
+    die_with_parent(use_prctl=False)  # a joblib worker must not outlive a killed run (see tagger.lifetime)
     try:
         signal = decode(clip.path, sample_rate=sample_rate)
     except (DecodeError, OSError):

@@ -22,6 +22,7 @@ import torch
 import torchaudio.functional as AF
 import yaml
 
+from tagger.lifetime import die_with_parent
 from train.arrange import generate_arrangement
 from train.effects import compress, eq, limit, lossy, reverb
 from train.soundfonts import (
@@ -285,6 +286,7 @@ def _render_track(out_dir: str, index: int, seed: int, fonts: Sequence[str], sec
                   sample_rate: int, files: list[Path], augment: bool, production: bool = False,
                   solo: float = 0.0) -> Path:
     torch.set_num_threads(1)  # one track per core; keep the shared machine light
+    die_with_parent(use_prctl=False)  # a joblib worker must not outlive a killed render (see tagger.lifetime)
     rng, font, rate = _track_plan(seed, index, fonts, augment, sample_rate)
     midi, source = _source(rng, seconds, files, solo)
     mix = render_midi(midi, font, sample_rate=sample_rate, rng=rng, seconds=seconds, augment=augment,
