@@ -229,5 +229,6 @@ def test_inference_network_matches_the_trained_network():
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(got_fused, expected, atol=1e-4, rtol=1e-4)
         assert not any(isinstance(m, torch.nn.ReLU) for m in fused.features.modules()), arch  # each ReLU there follows a conv
+        assert arch == "han" or not any(isinstance(m, torch.nn.MaxPool2d) for m in fused.modules())  # han pools 3x3
         assert not any(isinstance(m, torch.nn.BatchNorm2d) and "features" in n for n, m in model.inference_network().named_modules()
                        if not n.startswith("features.0"))  # all conv BatchNorms folded (the input MelNorm stays)
