@@ -1,23 +1,31 @@
 """Throughput benchmark: prints measurements, asserts nothing.
 
     python bench/bench.py [--tracks 50] [--seconds 180] [--jobs 2] [--library DIR] [--model M]
+                          [--long-minutes 120] [--no-one-core]
     python bench/bench.py --model efficientat-mn04 --model-only --threads 2
 
 Generates (once) a library of synthetic tracks in mixed formats, then measures in one run:
-per-format decode speed of PyAV vs soundfile, pure decode throughput (decode + windows, the
-same worker processes as tagging), model-only throughput, end-to-end tagging throughput with
-the default model, their ratio, and peak RSS. Ratios are the numbers to compare across
-machines; absolute times on shared machines are noisy.
+per-format decode speed of PyAV vs soundfile; the ffmpeg decode limit (the ffmpeg command
+decoding every file to mono 16 kHz, --jobs processes at a time); pure decode throughput (the
+tagger's decode workers alone); model-only throughput; `tagger tag --dry-run` and a first
+tagging of untagged copies, each as the `tagger` command a user runs (start-up included);
+their ratio to the ffmpeg limit; the same on one core (what a second core buys); and the peak
+RSS of tagging one long file. Times are wall clock next to CPU-seconds (the command and its
+children): on a shared machine wall times are noisy, so compare ratios of runs made back to back.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -28,7 +36,6 @@ import torch
 from tagger.decode import decode
 from tagger.infer import BatchRunner, decode_blocks, pick_device
 from tagger.catalog import load as load_model  # a model name or file
-from tagger.pipeline import tag_paths
 
 FORMATS = ("flac", "mp3", "ogg", "opus", "m4a", "wav")
 _PYAV = {"mp3": ("mp3", "libmp3lame", "fltp"), "opus": ("ogg", "libopus", "flt"), "m4a": ("ipod", "aac", "fltp")}
@@ -93,10 +100,83 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
+@dataclass
+class Run:
+    wall: float  # seconds
+    cpu: float  # CPU-seconds of the command and its children
+    rss_mb: float  # peak RSS of its largest process
+    rc: int = 0
+
+    def speed(self, audio_seconds: float) -> float:
+        return audio_seconds / self.wall
+
+
+# Runs a command and prints its wall time and wait4() usage as JSON. Peak RSS needs this small
+# go-between: a child exec'd straight from this process (torch loaded) is charged this
+# process's peak RSS as its own.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(json.dumps({"wall": time.perf_counter() - start, "cpu": usage.ru_utime + usage.ru_stime,
+                  "rss_mb": usage.ru_maxrss / 1024, "rc": os.waitstatus_to_exitcode(status)}))
+"""
+
+
+def run_measured(cmd: list[str], *, cpus: str | None = None, rss: bool = True) -> Run:
+    """Run one command to the end: its wall time, CPU-seconds (with its children) and, with
+    ``rss``, the peak RSS of its largest process."""
+    if cpus is not None:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    with tempfile.TemporaryFile() as err:
+        if rss:
+            out = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=err, check=True)
+            run = Run(**json.loads(out.stdout))
+        else:
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            run = Run(time.perf_counter() - start, usage.ru_utime + usage.ru_stime, float("nan"), proc.returncode)
+        if run.rc != 0:
+            err.seek(0)
+            print(f"  ! {' '.join(cmd[:4])}... exited {run.rc}: {err.read().decode(errors='replace')[-400:]}")
+    return run
+
+
+def ffmpeg_limit(files: list[Path], jobs: int, *, cpus: str | None = None) -> Run:
+    """The decode limit: one ffmpeg per file, ``jobs`` at a time, each decoding to mono 16 kHz
+    float (what the tagger needs) and throwing the samples away."""
+    def one(path: Path) -> Run:
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-ac", "1", "-ar", "16000", "-f", "f32le", "-y", os.devnull]
+        return run_measured(cmd, cpus=cpus, rss=False)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        runs = list(pool.map(one, files))
+    return Run(time.perf_counter() - start, sum(r.cpu for r in runs), float("nan"), max(r.rc for r in runs))
+
+
+def tagger_command() -> list[str]:
+    """The installed ``tagger`` script of this interpreter (what users run), else ``-m tagger``."""
+    script = Path(sys.executable).with_name("tagger")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tagger"]
+
+
+def make_long_file(path: Path, minutes: float) -> Path:
+    """One long mono FLAC (a 3-minute synthetic track repeated), written in blocks."""
+    if path.exists():
+        return path
+    rate = 22050
+    piece = synth_track(180.0, rate, 7).mean(axis=1)
+    tmp = path.with_name("tmp-" + path.name)
+    with sf.SoundFile(tmp, "w", rate, 1, format="FLAC") as out:
+        for _ in range(int(np.ceil(minutes / 3))):
+            out.write(piece)
+    os.replace(tmp, path)
+    return path
 
 
 def model_only(model, args) -> float:
@@ -126,6 +206,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--model-only", action="store_true", help="Only the model-only measurement (no library).")
+    parser.add_argument("--long-minutes", type=float, default=120.0, help="Length of the one-file memory test (0: skip).")
+    parser.add_argument("--no-one-core", action="store_true", help="Skip the one-core runs.")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -171,23 +253,55 @@ def main() -> None:
 
     model_speed = model_only(model, args)
 
+    # The tagger as a user runs it: the installed command, start-up and exit included.
+    tagger = tagger_command() + (["--model", args.model] if args.model else [])
+    common = ["-q", "--jobs", str(args.jobs), "--device", args.device]
+    if args.batch_size:
+        common += ["--batch-size", str(args.batch_size)]
+    limit = ffmpeg_limit(files, args.jobs)
+    dry = run_measured(tagger + ["tag", "--dry-run", *common, str(library)])
     work = Path(tempfile.mkdtemp(prefix="tagger-bench-copy-"))
     try:
         for p in files:
-            shutil.copy2(p, work / p.name)
-        summary = None
-
-        def end_to_end():
-            nonlocal summary
-            summary = tag_paths([work], model=model, device=args.device, jobs=args.jobs, batch_size=args.batch_size, force=True)
-
-        e2e_time = timed(end_to_end)
+            shutil.copy2(p, work / p.name)  # untagged copies: a first tagging
+        report = work / "report.jsonl"
+        first = run_measured(tagger + ["tag", *common, "--report", str(report), str(work)])
+        statuses: dict[str, int] = {}
+        for line in report.read_text().splitlines():
+            status = json.loads(line)["status"]
+            statuses[status] = statuses.get(status, 0) + 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    e2e_speed = audio_seconds / e2e_time
-    print(f"end to end (decode, infer, write tags): {e2e_time:.1f} s, {e2e_speed:.0f}x real time, statuses {dict(summary.counts)}")
-    print(f"\nratio end-to-end / pure decode: {e2e_speed / decode_speed:.2f} (target >= 0.5)")
-    print(f"peak RSS: {peak_rss_mb():.0f} MB (largest of this process and its worker processes)")
+
+    print(f"\n{len(files)} files, {audio_seconds / 60:.0f} min of audio, {args.jobs} processes:")
+    print(f"  {'':34s} {'wall s':>7s} {'x real time':>12s} {'CPU-s':>7s} {'peak RSS':>9s}")
+    rows = [("ffmpeg decode limit", limit), ("tagger tag --dry-run", dry), ("tagger tag (first tagging)", first)]
+    for name, run in rows:
+        rss = "-" if run.rss_mb != run.rss_mb else f"{run.rss_mb:.0f} MB"  # nan: not measured
+        print(f"  {name:34s} {run.wall:7.1f} {run.speed(audio_seconds):11.0f}x {run.cpu:7.1f} {rss:>9s}")
+    print(f"  first tagging statuses: {statuses}")
+    for name, run in rows[1:]:
+        print(f"ratio {name} / ffmpeg decode limit: {run.speed(audio_seconds) / limit.speed(audio_seconds):.2f} "
+              f"(target >= 0.5; CPU-seconds ratio {limit.cpu / run.cpu:.2f})")
+    print(f"ratio tagger tag --dry-run / pure decode (tagger's own workers): {dry.speed(audio_seconds) / decode_speed:.2f}")
+
+    if not args.no_one_core and shutil.which("taskset"):
+        # Pinned to one core: what the second core buys each of them.
+        limit1 = ffmpeg_limit(files, 1, cpus="0")
+        dry1 = run_measured(tagger + ["tag", "--dry-run", "-q", "--jobs", "1", "--device", args.device, str(library)], cpus="0")
+        print(f"\none core (taskset -c 0, 1 process): ffmpeg {limit1.speed(audio_seconds):.0f}x, "
+              f"tagger tag --dry-run --jobs 1 {dry1.speed(audio_seconds):.0f}x real time "
+              f"(ratio {dry1.speed(audio_seconds) / limit1.speed(audio_seconds):.2f})")
+        print(f"a second core buys: ffmpeg {limit.speed(audio_seconds) / limit1.speed(audio_seconds):.2f}x, "
+              f"tagger {dry.speed(audio_seconds) / dry1.speed(audio_seconds):.2f}x")
+
+    if args.long_minutes > 0:
+        long_file = make_long_file(Path(tempfile.gettempdir()) / f"tagger-bench-long-{int(args.long_minutes)}min.flac", args.long_minutes)
+        long = run_measured(tagger + ["tag", "--dry-run", *common, str(long_file)])
+        print(f"\none {args.long_minutes:.0f}-minute file: peak RSS {long.rss_mb:.0f} MB (largest process), "
+              f"{long.speed(args.long_minutes * 60):.0f}x real time, {long.cpu:.1f} CPU-s")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this script (its in-process decode and model runs): {own:.0f} MB")
 
 
 if __name__ == "__main__":
