@@ -24,6 +24,9 @@ from tagger.model import TaggerModel
 from tagger.windows import iter_window_blocks
 
 BLOCK_WINDOWS = 32  # windows per block a worker hands over (~6 MB at 16 kHz, 3 s)
+# Windows per front-end call in a worker: the STFT of 8 windows stays in cache, and measured
+# half the CPU time of one call on all 32.
+FRONT_WINDOWS = 8
 # Measured on a 2-core CPU (network only, one thread): 4-16 windows per batch ran 1.3x faster
 # than 32 and 1.8x faster than 64, since the first stages' activations then stay in cache;
 # a GPU wants large batches.
@@ -98,7 +101,9 @@ def track_blocks(
 
 @torch.inference_mode()
 def _features(front: torch.nn.Module, windows: np.ndarray) -> np.ndarray:
-    return front(torch.from_numpy(windows)).numpy()
+    waves = torch.from_numpy(windows)
+    parts = [front(waves[i : i + FRONT_WINDOWS]) for i in range(0, len(waves), FRONT_WINDOWS)]
+    return torch.cat(parts).numpy()
 
 
 class _DecodeDataset(IterableDataset):
