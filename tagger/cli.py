@@ -114,7 +114,7 @@ def _print_summary(summary, *, interrupted: bool, quiet: bool) -> None:
 @click.option("--model", type=click.Path(dir_okay=False), help="Model file (default: the shipped model).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(0), default=2, show_default=True, help="Decoding worker processes (0: decode in the main process).")
-@click.option("--batch-size", type=click.IntRange(1), help="Windows per model batch, mixed across tracks (default: 32 on CPU, 256 on CUDA).")
+@click.option("--batch-size", type=click.IntRange(1), help="Windows per model batch, mixed across tracks (default: 16 on CPU, 256 on CUDA).")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="One threshold for every label (default: the model's per-label thresholds).")
 @click.option("--aggregation", type=click.Choice(["mean", "max", "topk"]), help="How window scores become a track score (default: the model's).")
 @click.option("--topk", type=click.IntRange(1), help="k for --aggregation topk.")
