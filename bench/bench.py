@@ -209,8 +209,9 @@ def main() -> None:
     parser.add_argument("--long-minutes", type=float, default=120.0, help="Length of the one-file memory test (0: skip).")
     parser.add_argument("--no-one-core", action="store_true", help="Skip the one-core runs.")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # Model threads as tagging picks them on CPU: the cores the decode workers leave.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(args.threads or (max(1, cores - args.jobs) if not args.model_only else torch.get_num_threads()))
     if args.model_only:
         model_only(load_model(args.model), args)
         return
@@ -289,9 +290,11 @@ def main() -> None:
         # Pinned to one core: what the second core buys each of them.
         limit1 = ffmpeg_limit(files, 1, cpus="0")
         dry1 = run_measured(tagger + ["tag", "--dry-run", "-q", "--jobs", "1", "--device", args.device, str(library)], cpus="0")
-        print(f"\none core (taskset -c 0, 1 process): ffmpeg {limit1.speed(audio_seconds):.0f}x, "
-              f"tagger tag --dry-run --jobs 1 {dry1.speed(audio_seconds):.0f}x real time "
-              f"(ratio {dry1.speed(audio_seconds) / limit1.speed(audio_seconds):.2f})")
+        print(f"\none core (taskset -c 0, 1 process): ffmpeg {limit1.speed(audio_seconds):.0f}x ({limit1.cpu:.1f} CPU-s), "
+              f"tagger tag --dry-run --jobs 1 {dry1.speed(audio_seconds):.0f}x real time ({dry1.cpu:.1f} CPU-s; "
+              f"ratio {dry1.speed(audio_seconds) / limit1.speed(audio_seconds):.2f})")
+        # On an idle machine the second core can at most double a speed; on a shared one it
+        # buys what the neighbours leave of it.
         print(f"a second core buys: ffmpeg {limit.speed(audio_seconds) / limit1.speed(audio_seconds):.2f}x, "
               f"tagger {dry.speed(audio_seconds) / dry1.speed(audio_seconds):.2f}x")
 
