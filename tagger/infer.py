@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +24,6 @@ from tagger.model import TaggerModel
 from tagger.windows import iter_window_blocks
 
 BLOCK_WINDOWS = 32  # windows per block a worker hands over (~6 MB at 16 kHz, 3 s)
-# Windows per front-end call in a worker: the STFT of 8 windows stays in cache, and measured
-# half the CPU time of one call on all 32.
-FRONT_WINDOWS = 8
 # Measured on a 2-core CPU (network only, one thread): 4-16 windows per batch ran 1.3x faster
 # than 32 and 1.8x faster than 64, since the first stages' activations then stay in cache;
 # a GPU wants large batches.
@@ -53,15 +50,18 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+Stage = Callable[[np.ndarray], np.ndarray]  # windows -> what a worker hands over instead
+
+
 @dataclass
 class Block:
     """A piece of one track: some windows, or the end of the track, or its error."""
 
     track: int
-    # [n, window_samples] float32 waveforms, or [n, 1, mels, frames] features when the worker
-    # ran the front end. Kept numpy: tensors would cross processes as shared-memory file
-    # descriptors, whose sharer threads print tracebacks when Ctrl-C closes the pipes, and
-    # measured no faster here.
+    # [n, window_samples] float32 waveforms, or [n, labels] probabilities when the worker
+    # scored them (BatchRunner.worker_stage). Kept numpy: tensors would cross processes as
+    # shared-memory file descriptors, whose sharer threads print tracebacks when Ctrl-C
+    # closes the pipes, and measured no faster here.
     windows: np.ndarray | None
     last: bool = False
     n_samples: int = 0  # total decoded samples, set on the last block
@@ -69,10 +69,10 @@ class Block:
 
 
 def track_blocks(
-    track: int, path: str | os.PathLike, features: FeatureConfig, front: torch.nn.Module | None = None
+    track: int, path: str | os.PathLike, features: FeatureConfig, stage: Stage | None = None
 ) -> Iterator[Block]:
     """The per-file unit of work: path -> blocks of windows (or one error block); with
-    ``front``, blocks carry the front end's features instead of waveforms."""
+    ``stage``, each block carries what it makes of the windows (``BatchRunner.worker_stage``)."""
     n_samples = 0
 
     def counted(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -86,7 +86,7 @@ def track_blocks(
         for windows in iter_window_blocks(
             chunks, window=features.window_samples, hop=features.hop_samples, block=BLOCK_WINDOWS
         ):
-            yield Block(track, windows if front is None else _features(front, windows))
+            yield Block(track, windows if stage is None else stage(windows))
     except DecodeError as exc:
         yield Block(track, None, last=True, error=str(exc))
         return
@@ -99,24 +99,17 @@ def track_blocks(
     yield Block(track, None, last=True, n_samples=n_samples)
 
 
-@torch.inference_mode()
-def _features(front: torch.nn.Module, windows: np.ndarray) -> np.ndarray:
-    waves = torch.from_numpy(windows)
-    parts = [front(waves[i : i + FRONT_WINDOWS]) for i in range(0, len(waves), FRONT_WINDOWS)]
-    return torch.cat(parts).numpy()
-
-
 class _DecodeDataset(IterableDataset):
-    def __init__(self, items: Sequence[tuple[int, str]], features: FeatureConfig, front: torch.nn.Module | None):
+    def __init__(self, items: Sequence[tuple[int, str]], features: FeatureConfig, stage: Stage | None):
         self.items = list(items)
         self.features = features
-        self.front = front
+        self.stage = stage
 
     def __iter__(self) -> Iterator[Block]:
         info = get_worker_info()
         shard = self.items if info is None else self.items[info.id :: info.num_workers]
         for track, path in shard:
-            yield from track_blocks(track, path, self.features, self.front)
+            yield from track_blocks(track, path, self.features, self.stage)
 
 
 def _init_worker(_worker_id: int, *, parent: int) -> None:
@@ -132,11 +125,11 @@ def _keep_block(block: Block) -> Block:
 
 
 def decode_blocks(
-    items: Sequence[tuple[int, str]], features: FeatureConfig, *, jobs: int, front: torch.nn.Module | None = None
+    items: Sequence[tuple[int, str]], features: FeatureConfig, *, jobs: int, stage: Stage | None = None
 ) -> Iterable[Block]:
     """Blocks for ``(track id, path)`` items, decoded by ``jobs`` worker processes (0: inline);
-    with ``front`` (see ``BatchRunner.worker_front``) the workers also compute the features."""
-    dataset = _DecodeDataset(items, features, front)
+    with ``stage`` (``BatchRunner.worker_stage``) the workers also score the windows."""
+    dataset = _DecodeDataset(items, features, stage)
     if jobs <= 0 or len(items) == 0:
         return iter(dataset)
     return DataLoader(
@@ -162,18 +155,21 @@ class BatchRunner:
         self._tracks: list[np.ndarray] = []
         self._pending = 0
 
-    def worker_front(self) -> torch.nn.Module | None:
-        """The front end for decode workers to run, or None to run it here in batches.
+    def worker_stage(self) -> Stage | None:
+        """What decode workers run on each block: on CPU the whole model (``score``), so
+        that every worker decodes, computes features and runs the network on its own tracks,
+        the cores share all the work without a main process to wait for, and a block
+        crosses processes as probabilities (measured on 20 tracks: main process 4.0 -> 1.4
+        CPU-s, total 9.6 -> 9.3 CPU-s, wall -10 %). None on a GPU, which wants the windows of many tracks in large
+        batches (``add``)."""
+        return self.score if self.device.type == "cpu" else None
 
-        On CPU the features cost as much as a third of the network: computed in the decode
-        workers they spread over the cores, the main process only runs the network, and a
-        block crosses processes as features, a third of the bytes of its waveforms. A GPU
-        computes them faster in its own batches."""
-        return self.model.front if self.device.type == "cpu" else None
+    def score(self, windows: np.ndarray) -> np.ndarray:
+        """Probabilities for some windows (e.g. one block of one track), batch by batch."""
+        return np.concatenate([self.predict(windows[i : i + self.batch_size]) for i in range(0, len(windows), self.batch_size)])
 
     def add(self, track: int, windows: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Queue windows (waveforms, or features from ``worker_front``); returns
-        ``(track, probs)`` pieces for every full batch run."""
+        """Queue windows; returns ``(track, probs)`` pieces for every full batch run."""
         self._windows.append(windows)
         self._tracks.append(np.full(len(windows), track))
         self._pending += len(windows)
@@ -207,7 +203,6 @@ class BatchRunner:
         else:
             batch = batch.to(self.device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
-            spec = self.model.front(batch) if batch.dim() == 2 else batch  # 4-D: features already
-            spec = spec.contiguous(memory_format=torch.channels_last)
+            spec = self.model.front(batch).contiguous(memory_format=torch.channels_last)
             logits = self.network(spec)
         return torch.sigmoid(logits.float()).cpu().numpy()

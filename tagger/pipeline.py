@@ -265,8 +265,9 @@ def tag_files(
         # thread tagged 1.25x faster than two (oversubscribed cores thrash).
         torch.set_num_threads(max(1, _usable_cores() - jobs))
     try:
-        blocks = decode_blocks(items, model.features, jobs=jobs, front=runner.worker_front())
-        _run_blocks(blocks, tracks, runner, finish, emit_later)
+        stage = runner.worker_stage()  # CPU: the workers score their own blocks
+        blocks = decode_blocks(items, model.features, jobs=jobs, stage=stage)
+        _run_blocks(blocks, tracks, runner, finish, emit_later, scored=stage is not None)
     except BaseException:
         # On Ctrl-C the write under way completes (it is atomic anyway); queued ones are dropped.
         writer.shutdown(wait=True, cancel_futures=True)
@@ -282,8 +283,10 @@ def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _run_blocks(blocks: Iterable, tracks: dict[int, _Track], runner: BatchRunner, finish: Callable[[int], None], emit: ResultCallback) -> None:
-    """Feed decoded blocks to the batch runner; finish each track once all its windows are scored."""
+def _run_blocks(blocks: Iterable, tracks: dict[int, _Track], runner: BatchRunner, finish: Callable[[int], None],
+                emit: ResultCallback, *, scored: bool = False) -> None:
+    """Feed decoded blocks to the batch runner (``scored``: they carry probabilities already);
+    finish each track once all its windows are scored."""
 
     def collect(pieces: list[tuple[int, np.ndarray]]) -> None:
         for index, probs in pieces:
@@ -305,7 +308,7 @@ def _run_blocks(blocks: Iterable, tracks: dict[int, _Track], runner: BatchRunner
             continue
         if block.windows is not None:
             track.expected += len(block.windows)
-            collect(runner.add(block.track, np.asarray(block.windows)))
+            collect([(block.track, block.windows)] if scored else runner.add(block.track, np.asarray(block.windows)))
         if block.last:
             track.n_samples = block.n_samples
             if track.received == track.expected:

@@ -156,11 +156,12 @@ def test_batches_mixed_across_tracks_match_one_track_at_a_time(tmp_path, tiny_mo
 
     def run(batch_size: int, jobs: int, in_workers: bool) -> dict[int, np.ndarray]:
         runner, got = BatchRunner(model, device, batch_size), {}
-        front = runner.worker_front() if in_workers else None
-        for block in decode_blocks(items, model.features, jobs=jobs, front=front):
-            # features from the workers, or waveforms for the runner's own front end
-            assert block.windows is None or block.windows.ndim == (4 if in_workers else 2)
-            if block.windows is not None:
+        stage = runner.worker_stage() if in_workers else None
+        for block in decode_blocks(items, model.features, jobs=jobs, stage=stage):
+            if block.windows is not None and in_workers:  # scored by the workers
+                assert block.windows.shape[1] == len(model.labels)
+                got.setdefault(block.track, []).append(block.windows)
+            elif block.windows is not None:
                 for track, probs in runner.add(block.track, np.asarray(block.windows)):
                     got.setdefault(track, []).append(probs)
         for track, probs in runner.flush():  # the last partial batch must not be lost
@@ -171,7 +172,7 @@ def test_batches_mixed_across_tracks_match_one_track_at_a_time(tmp_path, tiny_mo
     for track, path in items:
         windows = np.concatenate([b.windows for b in decode_blocks([(track, path)], model.features, jobs=0) if b.windows is not None])
         alone[track] = BatchRunner(model, device, 1).predict(windows)
-    assert BatchRunner(model, device).worker_front() is model.front  # CPU: features in the workers
+    assert BatchRunner(model, device).worker_stage() is not None  # CPU: the workers score their blocks
     for batch_size, jobs, in_workers in [(3, 0, False), (7, 2, False), (64, 2, False), (3, 0, True), (7, 2, True)]:
         mixed = run(batch_size, jobs, in_workers)
         assert sorted(mixed) == [0, 1, 2, 3]
