@@ -93,3 +93,31 @@ def test_train_with_a_teacher_end_to_end(tmp_path) -> None:
     wrong = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "x.pt"), "--epochs", "1",
                                       "--steps-per-epoch", "1", "--jobs", "1", "--init", str(out)])  # 3-s windows
     assert wrong.exit_code == 1 and "differ" in wrong.stderr
+
+
+def test_balanced_sources_draw_a_small_family_as_often_as_a_big_one() -> None:
+    model = new_model(list(LABELS), arch_args={"widths": [8, 16]})
+    n = model.features.window_samples
+    signal = np.random.default_rng(1).standard_normal(n).astype(np.float32) * 0.1
+
+    def audio(label: str, source: str) -> loop._Audio:
+        clip = loop.Clip(path="x.flac", labels=(label,), activity={label: ((0.0, 10.0),)}, source=source)
+        return loop._Audio(clip, signal, 0.0)
+
+    small, big = [audio("piano", "samples")], [audio("drums", "fluid") for _ in range(30)]
+    seen = []
+
+    def loss_fn(logits, y):
+        seen.append(y.clone())
+        return logits.sum() * 0
+
+    config = loop.TrainConfig(batch_size=200, mixup=0.0)
+    optimizer = torch.optim.AdamW(model.network.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    for by_source in (None, [small, big]):
+        loop._train_step(0, model, optimizer, scaler, loss_fn, (), small + big, list(LABELS), config, 10, 5,
+                         random.Random(0), torch.device("cpu"), None, by_source)
+    piano = LABELS.index("piano")
+    plain, balanced = (float(y[:, piano].mean()) for y in seen)
+    assert plain < 0.12  # 1 clip in 31
+    assert 0.35 < balanced < 0.65  # one source in two

@@ -56,6 +56,7 @@ class TrainConfig:
     version: str = "1"
     threads: int | None = None
     teacher_fraction: float = 0.25  # share of each batch drawn from teacher windows, when given
+    balance_sources: bool = False  # draw each window's source (font family, dataset) uniformly first
 
 
 @dataclass
@@ -170,14 +171,18 @@ class TeacherData:
 
 
 def _train_step(global_step, model, optimizer, scaler, loss_fn, masks, train_audio, labels, config, total_steps,
-                steps_per_epoch, rng, dev, teacher: TeacherData | None = None) -> float:
+                steps_per_epoch, rng, dev, teacher: TeacherData | None = None,
+                by_source: Sequence[Sequence[_Audio]] | None = None) -> float:
     """One batch: random windows, random gain, multi-label mixup, SpecAugment, AdamW step.
     With a teacher, ``teacher_fraction`` of the batch are real windows with soft targets."""
     features = model.features
     for group in optimizer.param_groups:
         group["lr"] = _lr_at(global_step, total_steps, config.warmup_epochs * steps_per_epoch, config.lr)
     n_teacher = int(round(config.batch_size * config.teacher_fraction)) if teacher is not None else 0
-    pairs = [_random_window(rng.choice(train_audio), labels, features, rng) for _ in range(config.batch_size - n_teacher)]
+    def pick() -> _Audio:  # balanced: a small source (one font family) weighs as much as a big one
+        return rng.choice(rng.choice(by_source)) if by_source else rng.choice(train_audio)
+
+    pairs = [_random_window(pick(), labels, features, rng) for _ in range(config.batch_size - n_teacher)]
     x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
     y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
     if rng.random() < config.mixup:
@@ -272,6 +277,13 @@ def train_model(
         log(f"resumed from {state_path} at epoch {start_epoch}")
 
     val_targets = _clip_targets(val_audio, labels)
+    by_source = None
+    if config.balance_sources:
+        groups: dict[str, list[_Audio]] = {}
+        for a in train_audio:
+            groups.setdefault(a.clip.source, []).append(a)
+        by_source = [groups[k] for k in sorted(groups)]
+        log("balanced sources: " + ", ".join(f"{k} {len(groups[k])}" for k in sorted(groups)))
     bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=Console(stderr=True), transient=True, disable=not progress)
     for epoch in range(start_epoch, config.epochs):
@@ -283,7 +295,7 @@ def train_model(
                 bar.advance(task)
                 epoch_loss += _train_step(
                     epoch * steps_per_epoch + step, model, optimizer, scaler, loss_fn, (freq_mask, time_mask),
-                    train_audio, labels, config, total_steps, steps_per_epoch, rng, dev, teacher,
+                    train_audio, labels, config, total_steps, steps_per_epoch, rng, dev, teacher, by_source,
                 )
             bar.remove_task(task)
 
