@@ -57,13 +57,16 @@ def die_with_parent(main: int | None = None, *, use_prctl: bool = True) -> None:
     """End this process when its parent dies (call it first thing in a worker).
 
     ``main``: the pid of the process the worker serves, taken before it was started, so a
-    main process that died before this call is noticed too. The parent may be another
+    main process that died before this call is noticed too; called in that process itself
+    (a pool task run inline), it does nothing. The parent may be another
     process that lives as long as the main one (a multiprocessing fork server). Linux: the
     kernel sends SIGKILL on the parent's death (PR_SET_PDEATHSIG). Elsewhere, or if that
     fails, a daemon thread polls the parent pid. The parent-death signal fires when the
     parent *thread* that started us exits, which is the main thread for our loaders.
     """
     global _armed_in
+    if main == os.getpid():
+        return  # the task runs inline in the main process (jobs=1): it must outlive its shell
     if _armed_in == os.getpid():
         return  # already armed in this process (a pool worker calls this for every task)
     _armed_in = os.getpid()

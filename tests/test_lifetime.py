@@ -186,6 +186,29 @@ def test_a_worker_whose_main_process_already_died_exits_at_once():
     assert proc.returncode == 1 and "still running" not in proc.stdout
 
 
+def test_inline_work_survives_the_shell_that_started_it(tmp_path):
+    """`nohup tagger train --jobs 1 ... &`: pool tasks then run in the main process itself,
+    which must not take its starting shell's exit for a dead parent and end itself."""
+    wav = make_audio_file(tmp_path / "clip.wav", "wav", seconds=0.5, tags=False, picture=False)
+    out = tmp_path / "out.txt"
+    code = (
+        "import time; from train.datasets import Clip; from train.loop import load_audio\n"
+        f"audio = load_audio([Clip({str(wav)!r}, ())], 16000, jobs=1)\n"
+        "open(__import__('sys').argv[1], 'w').close()  # loaded while the shell still runs\n"
+        "time.sleep(3.0)  # the shell exits meanwhile; a watcher thread would end us within 0.5 s\n"
+        f"open({str(out)!r}, 'w').write(str(len(audio)))\n"
+    )
+    loaded = tmp_path / "loaded"
+    # The shell starts the tagger process in the background and exits once it has loaded.
+    script = '"$0" -c "$1" "$2" </dev/null >/dev/null 2>&1 & while [ ! -e "$2" ]; do sleep 0.1; done'
+    subprocess.run(["sh", "-c", script, sys.executable, code, str(loaded)], check=True, timeout=120)
+    deadline = time.monotonic() + 30
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.2)
+    assert out.exists() and out.read_text() == "1", "the inline worker ended itself when its shell exited"
+
+
 def _descendants(pid: int) -> set[int]:
     found, frontier = set(), {pid}
     while frontier:

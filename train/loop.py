@@ -66,8 +66,8 @@ class _Audio:
     offset: float  # file time of signal[0]
 
 
-def _load_one(clip: Clip, sample_rate: int) -> _Audio | None:
-    die_with_parent(use_prctl=False)  # a joblib worker must not outlive a killed run (see tagger.lifetime)
+def _load_one(clip: Clip, sample_rate: int, main_pid: int) -> _Audio | None:
+    die_with_parent(main_pid, use_prctl=False)  # a joblib worker must not outlive a killed run (see tagger.lifetime)
     try:
         signal = decode(clip.path, sample_rate=sample_rate)
     except (DecodeError, OSError):
@@ -79,7 +79,7 @@ def _load_one(clip: Clip, sample_rate: int) -> _Audio | None:
 
 def load_audio(clips: Sequence[Clip], sample_rate: int, *, jobs: int = 2, log: Log = print) -> list[_Audio]:
     """Decode every clip once (in parallel); undecodable clips are reported and dropped."""
-    loaded = Parallel(n_jobs=jobs, batch_size=16)(delayed(_load_one)(c, sample_rate) for c in clips)
+    loaded = Parallel(n_jobs=jobs, batch_size=16)(delayed(_load_one)(c, sample_rate, os.getpid()) for c in clips)
     kept = [a for a in loaded if a is not None and a.signal.size > 0]
     if len(kept) < len(clips):
         log(f"skipped {len(clips) - len(kept)} clip(s) that could not be decoded")
