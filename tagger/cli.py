@@ -19,8 +19,9 @@ from tagger import __version__
 from tagger.lifetime import Terminated, stop_on_signals
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # usage errors exit 2 through Click
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
 EXIT_CODES_HELP = ("Exit codes: 0 all good, 1 some files failed, 2 usage error, 130 interrupted (Ctrl-C), "
-                   "143 / 129 stopped by SIGTERM / SIGHUP.")
+                   "143 / 129 stopped by SIGTERM / SIGHUP, 141 the report's reader closed stdout.")
 CONFIG_ENV = "TAGGER_CONFIG"
 
 stderr = Console(stderr=True, highlight=False)
@@ -185,6 +186,9 @@ def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dr
                 )
         except KeyboardInterrupt as exc:  # Ctrl-C, or lifetime.Terminated for SIGTERM / SIGHUP
             interrupted = exc
+        except BrokenPipeError:
+            progress.stop()
+            _stop_on_closed_stdout()
         except Exception as exc:  # a bug, not bad input: say so in one line unless --verbose
             if verbose:
                 raise
@@ -194,13 +198,24 @@ def tag(paths, model, device, jobs, batch_size, threshold, aggregation, topk, dr
     if scheduler:
         where["client"].close()
     if report:
-        report.close()
+        try:
+            report.close()
+        except BrokenPipeError:
+            _stop_on_closed_stdout()
     _print_summary(summary, interrupted=interrupted is not None, quiet=quiet)
     if interrupted is not None:
         why = f"stopped by {interrupted}" if isinstance(interrupted, Terminated) else "interrupted"
         stderr.print(f"{why}: files already tagged keep their tags; the others are unchanged")
         sys.exit(interrupted.exit_code if isinstance(interrupted, Terminated) else EXIT_INTERRUPTED)
     sys.exit(EXIT_FAILED if summary.failed else EXIT_OK)
+
+
+def _stop_on_closed_stdout() -> None:
+    """The report's reader went away (``| head``): stop as a pipe writer does, exit 141."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more can go there
+    stderr.print("tagger: the report's reader closed stdout: stopped; files already tagged keep their tags, "
+                 "the others are unchanged", markup=False)
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 @main.command(epilog=EXIT_CODES_HELP)

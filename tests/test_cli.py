@@ -347,3 +347,20 @@ def test_long_track_memory_stays_bounded(tmp_path, tiny_model_path):
     long_peak = _peak_rss_mb(base + [str(long_wav)])
     whole_file_windows_mb = minutes * 60 * rate * 4 * 2 / 2**20  # float32, 50 % overlap
     assert long_peak - short_peak < whole_file_windows_mb / 3, (short_peak, long_peak)
+
+
+def test_report_reader_closing_stdout_stops_the_run_cleanly(library, tiny_model_path):
+    """`tagger tag --report - DIR | head -1`: no traceback, no 'internal error', exit 141."""
+    for copy in range(3):  # enough tracks that many are still to come when the reader leaves
+        for path in list(library.glob("0*")):
+            shutil.copy(path, library / f"copy{copy} {path.name}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagger", "tag", "--dry-run", "-q", "-j", "0", "--report", "-", "--model", str(tiny_model_path), str(library)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()  # the reader goes away with tracks still to report
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert first["status"] == "dry-run"
+    assert "closed stdout" in err and "Traceback" not in err and "internal error" not in err
