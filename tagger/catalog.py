@@ -23,6 +23,7 @@ from pathlib import Path
 import platformdirs
 
 from tagger import efficientat
+from tagger.lifetime import pid_alive
 from tagger.model import ModelError, TaggerModel, default_model_path, load_model, save_checkpoint
 
 MODELS_URL_ENV = "TAGGER_MODELS_URL"  # another base URL for the release files (a mirror; the tests' local server)
@@ -136,16 +137,6 @@ def load(model: str | os.PathLike | None = None) -> TaggerModel:
     return load_model(resolve(model))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 _TEMP = re.compile(r"^\..+\.(?:download|tmp)-(\d+)$")
 
 
@@ -153,7 +144,7 @@ def clean_stale_temps(folder: Path) -> None:
     """Remove temporary files of installs that were killed (their process is gone)."""
     for path in folder.glob(".*"):
         match = _TEMP.match(path.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):  # this process's own count as alive
             path.unlink(missing_ok=True)
 
 

@@ -85,17 +85,22 @@ def die_with_parent(main: int | None = None, *, use_prctl: bool = True) -> None:
 
 
 def _exit_if_gone(parent: int, main: int | None) -> None:
-    if os.getppid() != parent or (main is not None and not _alive(main)):
+    if os.getppid() != parent or (main is not None and not pid_alive(main)):
         os._exit(1)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (this one included), whoever owns it."""
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        pass  # exists, another user's
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
     return True
 
 

@@ -29,6 +29,8 @@ from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
+from tagger.lifetime import pid_alive
+
 FIELD_INSTRUMENTS = "INSTRUMENTS"
 FIELD_SCORES = "INSTRUMENTS_SCORES"
 FIELD_MODEL = "INSTRUMENTS_MODEL"
@@ -470,7 +472,7 @@ def clean_stale_temps(folder: str | os.PathLike[str]) -> int:
         match = _TEMP_RE.match(entry.name)
         if not match or not entry.is_file(follow_symlinks=False):
             continue
-        if _pid_alive(int(match.group(1))):
+        if pid_alive(int(match.group(1))):
             continue
         try:
             os.unlink(entry.path)
@@ -479,16 +481,3 @@ def clean_stale_temps(folder: str | os.PathLike[str]) -> int:
             pass
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return False
-    return True
