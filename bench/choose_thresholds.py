@@ -19,6 +19,7 @@ from sklearn.metrics import f1_score
 
 from tagger.catalog import load
 from tagger.infer import pick_device
+from tagger.model import TaggerModel
 from train.datasets import load_dataset
 from train.loop import SHIPPED_AGGREGATIONS, _clip_targets, load_audio, predict_clips, score_clips
 from train.metrics import evaluate, tune_thresholds
@@ -43,8 +44,10 @@ def tune(targets: np.ndarray, scores: np.ndarray, kind: str) -> list[float]:
     return tune_thresholds(targets, scores, grid=GRID, default=global_threshold(targets, scores))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def validation_windows(doc: str | None) -> tuple[TaggerModel, list[np.ndarray], np.ndarray]:
+    """Parse ``DATASETS --model --device``; the model, per-clip window probabilities (the
+    tagger's BatchRunner) and clip targets. Shared with bench/threshold_strata.py."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+")
     parser.add_argument("--model", default=None, help="model name or path")
     parser.add_argument("--device", default="auto")
@@ -53,9 +56,12 @@ def main() -> None:
     clips = [c for root in args.datasets for c in load_dataset(root, labels=model.labels)]
     audios = load_audio(clips, model.features.sample_rate)
     device = pick_device(args.device)
-    window_probs = predict_clips(model.to(device), audios, device)
-    targets = _clip_targets(audios, model.labels)
-    halves = np.arange(len(audios)) % 2 == 0  # interleaved tracks: both halves cover every font and seed
+    return model, predict_clips(model.to(device), audios, device), _clip_targets(audios, model.labels)
+
+
+def main() -> None:
+    model, window_probs, targets = validation_windows(__doc__)
+    halves = np.arange(len(targets)) % 2 == 0  # interleaved tracks: both halves cover every font and seed
 
     results = {}
     for method in SHIPPED_AGGREGATIONS:
