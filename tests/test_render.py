@@ -194,9 +194,10 @@ def test_demo(tmp_path: Path) -> None:
             assert samples / c.streams.audio[0].rate == pytest.approx(20.0, abs=0.1)
 
 
-def test_bundled_font_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bundled_font_is_found(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import train.soundfonts as soundfonts
 
+    monkeypatch.setenv("TAGGER_SAMPLES_DIR", str(tmp_path / "no-samples"))  # a sample library on this machine is not a font
     monkeypatch.setattr(soundfonts, "_SEARCH_DIRS", ())
     monkeypatch.setattr(shutil, "which", lambda _: None)
     fonts = soundfonts.find_soundfonts()
