@@ -19,7 +19,7 @@ from train.render import (
     soundfont_family,
     window_labels,
 )
-from train.demo import render_demo
+from train.demo import demo_tracks, render_demo
 from train.taxonomy import LABELS, label_for_program
 
 # ../shared beside the repository (a copy of it sits beside CI's clone too)
@@ -192,6 +192,12 @@ def test_demo(tmp_path: Path) -> None:
         with av.open(str(p)) as c:
             samples = sum(f.samples for f in c.decode(audio=0))
             assert samples / c.streams.audio[0].rate == pytest.approx(20.0, abs=0.1)
+    # A title names every instrument that plays, not only the loudest: a correct tagger's tags equal it.
+    for path, (labels, mix) in zip(paths[:3], demo_tracks(n_tracks=3, seed=0)):
+        audible = {s.label for s in mix.stems if s.label in mix.label_activity}
+        assert set(labels) == audible and 1 <= len(labels) <= 4
+        title = path.stem[5:]
+        assert all(lab in title for lab in labels) and title.count(",") == max(0, len(labels) - 2)
 
 
 def test_bundled_font_is_found(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

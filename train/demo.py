@@ -1,5 +1,5 @@
-"""Demo folder: a few ~20-s multi-instrument tracks in mixed formats, named after their
-instruments, for trying ``tagger tag`` without a music library at hand."""
+"""Demo folder: a few ~20-s tracks of 2-4 instruments in mixed formats, each named after every
+instrument that plays in it, for trying ``tagger tag`` without a music library at hand."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,11 +14,11 @@ from train.effects import encode_pyav
 from train.render import render_midi
 from train.soundfonts import best_soundfont
 
+DEMO_RATE = 44100
 _DEMO_FORMATS = ("mp3", "flac", "ogg", "m4a", "wav", "opus")
 
 
 def _describe(labels: list[str]) -> str:
-    labels = labels[:3]
     if len(labels) <= 1:
         return labels[0] if labels else "untitled"
     return ", ".join(labels[:-1]) + " and " + labels[-1]
@@ -42,22 +42,27 @@ def _encode(path: Path, audio: np.ndarray, rate: int, title: str, artist: str) -
                 metadata={"title": title, "artist": artist})
 
 
-def render_demo(folder: str | Path, *, n_tracks: int = 6, seed: int = 0) -> list[Path]:
-    """A few ~20-s multi-instrument tracks in mixed formats, named after their instruments."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def demo_tracks(*, n_tracks: int = 6, seed: int = 0):
+    """Yield ``(labels, mix)`` per demo track: ``labels`` are all the instruments audible in
+    ``mix``, loudest first. Titles name them all, so a correct tagger's tags equal the title."""
     font = best_soundfont()
-    rate = 44100
-    paths = []
     for k in range(n_tracks):
         rng = np.random.default_rng([seed, 9000 + k])
-        midi = generate_arrangement(rng, seconds=20.0, n_parts=int(rng.integers(3, 7)))
-        mix = render_midi(midi, font, sample_rate=rate, rng=rng, seconds=20.0)
+        midi = generate_arrangement(rng, seconds=20.0, n_parts=int(rng.integers(2, 5)))
+        mix = render_midi(midi, font, sample_rate=DEMO_RATE, rng=rng, seconds=20.0)
         loud = sorted(((float(np.sqrt(np.mean(s.audio**2))), s.label) for s in mix.stems if s.label in mix.label_activity),
                       reverse=True)
-        labels = list(dict.fromkeys(lab for _, lab in loud if lab))
+        yield list(dict.fromkeys(lab for _, lab in loud if lab)), mix
+
+
+def render_demo(folder: str | Path, *, n_tracks: int = 6, seed: int = 0) -> list[Path]:
+    """A few ~20-s tracks of 2-4 instruments in mixed formats, named after their instruments."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, (labels, mix) in enumerate(demo_tracks(n_tracks=n_tracks, seed=seed)):
         title = _describe(labels)
         path = folder / f"{k + 1:02d} - {title}.{_DEMO_FORMATS[k % len(_DEMO_FORMATS)]}"
-        _encode(path, mix.audio, rate, title=title.capitalize(), artist="tagger demo")
+        _encode(path, mix.audio, DEMO_RATE, title=title.capitalize(), artist="tagger demo")
         paths.append(path)
     return paths
