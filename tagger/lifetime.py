@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -82,6 +83,14 @@ def die_with_parent(main: int | None = None, *, use_prctl: bool = True) -> None:
             return
     _exit_if_gone(parent, main)
     threading.Thread(target=_watch_parent, args=(parent,), name="tagger-parent-watch", daemon=True).start()
+
+
+def pool_initializer(main: int) -> functools.partial:
+    """``initializer=`` for a joblib (loky) pool started by process ``main``: each worker arms
+    ``die_with_parent`` as it starts, so one that never got a task (the run was killed first)
+    does not idle on for loky's 300-s timeout. No parent-death signal: loky starts workers from
+    a helper thread, whose exit would fire it."""
+    return functools.partial(die_with_parent, main, use_prctl=False)
 
 
 def _exit_if_gone(parent: int, main: int | None) -> None:

@@ -148,6 +148,9 @@ MUTATIONS: list[Mutation] = [
     M("cli: --scheduler quietly tags on this machine", "tagger/cli.py",
       "        run = tag_paths_on_cluster", "        run = lambda paths, client, **options: tag_paths(paths, jobs=0, **options)",
       ("tests/test_cluster.py::test_dry_run_scores_like_one_machine_and_loads_model_once_per_worker",)),
+    M("lifetime: pool workers are not armed as they start", "tagger/lifetime.py",
+      "    return functools.partial(die_with_parent, main, use_prctl=False)", "    return functools.partial(int, 0)",
+      ("tests/test_lifetime.py::test_kill_9_ends_pool_workers_that_never_ran_our_task",)),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")

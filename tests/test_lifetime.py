@@ -209,6 +209,13 @@ def test_inline_work_survives_the_shell_that_started_it(tmp_path):
     assert out.exists() and out.read_text() == "1", "the inline worker ended itself when its shell exited"
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _descendants(pid: int) -> set[int]:
     found, frontier = set(), {pid}
     while frontier:
@@ -240,6 +247,37 @@ def test_kill_9_of_a_render_leaves_no_pool_worker(tmp_path):
         proc.wait(timeout=30)
         left = _wait_gone(procs, WORKER_GRACE_S + 1.0)  # + the helpers that exit when the workers do
         assert not left, f"processes {sorted(left)} outlived the killed render"
+    finally:
+        for pid in _alive(procs):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_kill_9_ends_pool_workers_that_never_ran_our_task():
+    """A joblib pool started with pool_initializer(): its workers are armed as they start, so
+    they end with a killed main process even while they run a task that never arms itself (as a
+    worker that had no task yet would otherwise idle for loky's 300 s)."""
+    code = """
+import os, time
+from joblib import Parallel, delayed
+from tagger.lifetime import pool_initializer
+Parallel(n_jobs=2, initializer=pool_initializer(os.getpid()))(delayed(time.sleep)(60) for _ in range(2))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    procs: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            procs |= _descendants(proc.pid)
+            workers = {p for p in procs if "popen_loky" in _cmdline(p)}  # not loky's resource tracker
+            if len(workers) >= 2:
+                break
+            time.sleep(0.1)
+        assert len(workers) >= 2, f"expected two pool workers, saw {procs}"
+        time.sleep(1.0)  # let them start their tasks
+        proc.kill()
+        proc.wait(timeout=30)
+        left = _wait_gone(workers, WORKER_GRACE_S + 1.0)
+        assert not left, f"pool workers {sorted(left)} outlived the killed main process"
     finally:
         for pid in _alive(procs):
             os.kill(pid, signal.SIGKILL)

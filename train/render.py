@@ -22,7 +22,7 @@ import torch
 import torchaudio.functional as AF
 import yaml
 
-from tagger.lifetime import die_with_parent
+from tagger.lifetime import die_with_parent, pool_initializer
 from train.arrange import generate_arrangement
 from train.effects import compress, eq, limit, lossy, reverb
 from train.soundfonts import (
@@ -381,7 +381,8 @@ def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[s
             finally:
                 torch.set_num_threads(threads)
         elif todo:
-            jobs_ = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1)
+            jobs_ = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1,
+                             initializer=pool_initializer(os.getpid()))
             for _ in jobs_(delayed(_render_track)(str(out), i, *args, main_pid=os.getpid()) for i in todo):
                 bar.advance(task)
     return [track_dir(out, i) for i in indices]
