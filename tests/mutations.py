@@ -150,7 +150,8 @@ MUTATIONS: list[Mutation] = [
       ("tests/test_cluster.py::test_dry_run_scores_like_one_machine_and_loads_model_once_per_worker",)),
     M("lifetime: pool workers are not armed as they start", "tagger/lifetime.py",
       "    return functools.partial(die_with_parent, main, use_prctl=False)", "    return functools.partial(int, 0)",
-      ("tests/test_lifetime.py::test_kill_9_ends_pool_workers_that_never_ran_our_task",)),
+      ("tests/test_lifetime.py::test_kill_9_ends_pool_workers_that_never_ran_our_task",
+       "tests/test_lifetime.py::test_kill_9_of_a_render_leaves_no_pool_worker")),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")

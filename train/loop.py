@@ -28,7 +28,7 @@ from tagger.aggregate import aggregate
 from tagger.decode import DecodeError, decode
 from tagger.features import FeatureConfig
 from tagger.infer import BatchRunner, pick_device
-from tagger.lifetime import die_with_parent, pool_initializer
+from tagger.lifetime import pool_initializer
 from tagger.model import DEFAULT_ARCH, TaggerModel, new_model, save_checkpoint
 from tagger.windows import iter_window_blocks
 from train.datasets import Clip, split_clips, window_targets
@@ -66,8 +66,7 @@ class _Audio:
     offset: float  # file time of signal[0]
 
 
-def _load_one(clip: Clip, sample_rate: int, main_pid: int) -> _Audio | None:
-    die_with_parent(main_pid, use_prctl=False)  # a joblib worker must not outlive a killed run (see tagger.lifetime)
+def _load_one(clip: Clip, sample_rate: int) -> _Audio | None:
     try:
         signal = decode(clip.path, sample_rate=sample_rate)
     except (DecodeError, OSError):
@@ -79,7 +78,8 @@ def _load_one(clip: Clip, sample_rate: int, main_pid: int) -> _Audio | None:
 
 def load_audio(clips: Sequence[Clip], sample_rate: int, *, jobs: int = 2, log: Log = print) -> list[_Audio]:
     """Decode every clip once (in parallel); undecodable clips are reported and dropped."""
-    loaded = Parallel(n_jobs=jobs, batch_size=16, initializer=pool_initializer(os.getpid()))(delayed(_load_one)(c, sample_rate, os.getpid()) for c in clips)
+    pool = Parallel(n_jobs=jobs, batch_size=16, initializer=pool_initializer(os.getpid()))  # workers end with a killed run
+    loaded = pool(delayed(_load_one)(c, sample_rate) for c in clips)
     kept = [a for a in loaded if a is not None and a.signal.size > 0]
     if len(kept) < len(clips):
         log(f"skipped {len(clips) - len(kept)} clip(s) that could not be decoded")

@@ -22,7 +22,7 @@ import torch
 import torchaudio.functional as AF
 import yaml
 
-from tagger.lifetime import die_with_parent, pool_initializer
+from tagger.lifetime import pool_initializer
 from train.arrange import generate_arrangement
 from train.effects import compress, eq, limit, lossy, reverb
 from train.soundfonts import (
@@ -284,9 +284,8 @@ def _write_flac(path: Path, audio: np.ndarray, rate: int) -> None:
 
 def _render_track(out_dir: str, index: int, seed: int, fonts: Sequence[str], seconds: float,
                   sample_rate: int, files: list[Path], augment: bool, production: bool = False,
-                  solo: float = 0.0, main_pid: int | None = None) -> Path:
+                  solo: float = 0.0) -> Path:
     torch.set_num_threads(1)  # one track per core; keep the shared machine light
-    die_with_parent(main_pid, use_prctl=False)  # a joblib worker must not outlive a killed render (see tagger.lifetime)
     rng, font, rate = _track_plan(seed, index, fonts, augment, sample_rate)
     midi, source = _source(rng, seconds, files, solo)
     mix = render_midi(midi, font, sample_rate=sample_rate, rng=rng, seconds=seconds, augment=augment,
@@ -376,13 +375,13 @@ def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[s
             threads = torch.get_num_threads()
             try:
                 for i in todo:
-                    _render_track(str(out), i, *args, main_pid=os.getpid())
+                    _render_track(str(out), i, *args)
                     bar.advance(task)
             finally:
                 torch.set_num_threads(threads)
         elif todo:
             jobs_ = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1,
-                             initializer=pool_initializer(os.getpid()))
-            for _ in jobs_(delayed(_render_track)(str(out), i, *args, main_pid=os.getpid()) for i in todo):
+                             initializer=pool_initializer(os.getpid()))  # workers end with a killed render
+            for _ in jobs_(delayed(_render_track)(str(out), i, *args) for i in todo):
                 bar.advance(task)
     return [track_dir(out, i) for i in indices]
