@@ -449,6 +449,7 @@ def _log(message: str) -> None:
 @click.option("--jobs", "-j", type=click.IntRange(1), default=2, show_default=True, help="Decoding processes.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state after an interruption.")
 @click.option("--balance-sources", is_flag=True, help="Draw training windows evenly across sources (font families, datasets) instead of evenly across clips.")
+@click.option("--noise", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of training windows given background noise (hiss, room tone) at 10-45 dB below the music.")
 @click.option("--init", "init_model", type=click.Path(exists=True, dir_okay=False), help="Start from this model's weights (same architecture, labels, features): fine-tuning.")
 @click.option("--teacher", type=click.Choice(["efficientat-mn04"]), help="Teacher model that labels --teacher-audio.")
 @click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), help="The teacher's weights (mn04_as_mAP_432.pt; default: the installed efficientat-mn04).")
@@ -458,7 +459,7 @@ def _log(message: str) -> None:
 @click.option("--teacher-thresholds", metavar="T1,T2,...", help="The teacher's per-label thresholds (validated on your data) that calibration maps to 0.5 (default: the teacher model's).")
 def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_set, epochs, steps_per_epoch, batch_size,
               lr, patience, seed, window_seconds, hop_seconds, name, model_version, device, jobs, resume,
-              balance_sources, init_model, teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature,
+              balance_sources, noise, init_model, teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature,
               teacher_thresholds) -> None:
     """Train a model on Slakh-layout (rendered or real), IRMAS or manifest data.
 
@@ -481,6 +482,7 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
     )
     config.teacher_fraction = teacher_fraction
     config.balance_sources = balance_sources
+    config.noise = noise
     window = window_seconds or FeatureConfig().window_seconds
     features = FeatureConfig(window_seconds=window, hop_seconds=hop_seconds or window)
     teacher_data = None

@@ -152,6 +152,15 @@ MUTATIONS: list[Mutation] = [
       "    return functools.partial(die_with_parent, main, use_prctl=False)", "    return functools.partial(int, 0)",
       ("tests/test_lifetime.py::test_kill_9_ends_pool_workers_that_never_ran_our_task",
        "tests/test_lifetime.py::test_kill_9_of_a_render_leaves_no_pool_worker")),
+    M("loop: training windows never get the background noise asked for", "train/loop.py",
+      "    x = add_noise(x, config.noise)  # rendered", "    x = add_noise(x, 0.0)  # rendered",
+      ("tests/test_train.py::test_training_windows_get_the_noise_the_config_asks_for",)),
+    M("loop: noise level ignores the music (fixed level)", "train/loop.py",
+      "    level = rms * 10 ** (", "    level = 0.1 * 10 ** (",
+      ("tests/test_train.py::test_background_noise_share_level_and_colour",)),
+    M("loop: noise is always white", "train/loop.py",
+      "freqs[None, :] ** (-uniform(0.0, 2.0) / 2)", "freqs[None, :] ** 0",
+      ("tests/test_train.py::test_background_noise_share_level_and_colour",)),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")

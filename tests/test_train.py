@@ -29,7 +29,7 @@ def test_tiny_training_run_yields_a_model_the_tagger_uses(rendered, tmp_path):
     model_path = tmp_path / "tiny.pt"
     result = CliRunner().invoke(main, [
         "train", str(rendered), "--out", str(model_path), "--epochs", "2", "--steps-per-epoch", "2",
-        "--batch-size", "8", "--widths", "8,16", "--window-seconds", "2", "--jobs", "1", "--name", "ci-tiny",
+        "--batch-size", "8", "--widths", "8,16", "--window-seconds", "2", "--jobs", "1", "--name", "ci-tiny", "--noise", "0.5",
     ])
     assert result.exit_code == 0, result.stderr
     assert "saved" in result.stderr and not list(tmp_path.glob("*.state")) and not list(tmp_path.glob("*.best"))
@@ -40,6 +40,7 @@ def test_tiny_training_run_yields_a_model_the_tagger_uses(rendered, tmp_path):
     assert model.aggregation in {"mean", "max", "topk"}
     assert model.metrics["validation"]["n_clips"] >= 1
     assert [h["epoch"] for h in model.training["history"]] == [0, 1]
+    assert model.training["config"]["noise"] == 0.5
 
     evaluated = CliRunner().invoke(main, ["eval", str(rendered), "--model", str(model_path), "--json", "--jobs", "1"])
     assert evaluated.exit_code == 0, evaluated.stderr
@@ -93,3 +94,53 @@ def test_training_without_data_fails_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["train", str(tmp_path / "empty"), "--out", str(tmp_path / "m.pt"), "--format", "slakh"])
     assert result.exit_code == 2 and "no clips found" in result.stderr
+
+
+def _snr_db(clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+    return 10 * torch.log10(clean.pow(2).mean(1) / (noisy - clean).pow(2).mean(1))
+
+
+def test_background_noise_share_level_and_colour():
+    from train.loop import NOISE_SNR_DB, add_noise
+
+    gen = torch.Generator().manual_seed(0)
+    music = torch.randn(400, 16000, generator=gen) * 0.3
+    assert torch.equal(add_noise(music, 0.0, gen), music)
+    noisy = add_noise(music, 0.5, gen)
+    changed = (noisy != music).any(1)
+    assert 0.4 < changed.float().mean() < 0.6  # the share asked for
+    assert torch.equal(noisy[~changed], music[~changed])
+    snr = _snr_db(music[changed], noisy[changed])
+    assert NOISE_SNR_DB[0] - 0.5 < snr.min() and snr.max() < NOISE_SNR_DB[1] + 0.5
+    assert snr.max() - snr.min() > 20  # levels vary across the whole range
+    # silence gets the absolute floor: audible hiss, far below music
+    floor = add_noise(torch.zeros(50, 16000), 1.0, gen)
+    dbfs = 20 * torch.log10(floor.pow(2).mean(1).sqrt())
+    assert (-71 < dbfs).all() and (dbfs < -49).all()
+    # colours from white to brown: the low/high band energy ratio spreads over decades
+    spectrum = torch.fft.rfft(floor).abs().pow(2)
+    tilt = torch.log10(spectrum[:, 1:80].mean(1) / spectrum[:, 4000:].mean(1))
+    assert tilt.min() < 0.5 and tilt.max() > 2.5
+
+
+def test_training_windows_get_the_noise_the_config_asks_for():
+    import random
+
+    from tagger.model import new_model
+    from train import loop
+    from train.taxonomy import LABELS
+
+    model = new_model(list(LABELS), arch_args={"widths": [8, 16]})
+    silent = loop._Audio(Clip("x.flac", ("piano",), activity={"piano": ((0.0, 10.0),)}),
+                         np.zeros(model.features.window_samples, np.float32), 0.0)
+    inputs = []
+    front = model.front
+    model.front = lambda x: (inputs.append(x.clone()), front(x))[1]
+    optimizer = torch.optim.AdamW(model.network.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    for noise in (0.0, 1.0):
+        config = loop.TrainConfig(batch_size=4, mixup=0.0, noise=noise)
+        loop._train_step(0, model, optimizer, scaler, torch.nn.BCEWithLogitsLoss(), (), [silent], list(LABELS),
+                         config, 10, 5, random.Random(0), torch.device("cpu"))
+    assert torch.count_nonzero(inputs[0]) == 0  # no noise asked: silence stays silent
+    assert (inputs[1].abs().amax(1) > 0).all()  # every window hisses

@@ -57,6 +57,7 @@ class TrainConfig:
     threads: int | None = None
     teacher_fraction: float = 0.25  # share of each batch drawn from teacher windows, when given
     balance_sources: bool = False  # draw each window's source (font family, dataset) uniformly first
+    noise: float = 0.0  # probability that a window gets background noise (see add_noise)
 
 
 @dataclass
@@ -104,6 +105,33 @@ def _random_window(audio: _Audio, labels: Sequence[str], features: FeatureConfig
     t0 = audio.offset + start / features.sample_rate
     target = window_targets(audio.clip, labels, t0, t0 + size / features.sample_rate)
     return window, target
+
+
+NOISE_SNR_DB = (10.0, 45.0)  # noise level below the window's RMS
+NOISE_FLOOR_DBFS = (-70.0, -50.0)  # and an absolute floor, so silent windows hiss too
+
+
+def add_noise(x: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Background noise on a ``prob`` share of windows ``[batch, samples]``, labels unchanged.
+
+    Renders are digitally clean; real recordings carry room tone, hiss and hum. Without this a
+    model learns that broadband noise means drums (default 4 on validation renders with pink
+    noise 20 dB down: drums on 51 % of clips without drums, against 8 % clean). The noise is
+    coloured 1/f^a with a in [0, 2] (white to brown), at a random SNR, plus a random floor."""
+    if prob <= 0:
+        return x
+    batch, n = x.shape
+    dev = x.device
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(batch, 1, generator=generator, device=dev)
+    white = torch.randn(batch, n, generator=generator, device=dev)
+    freqs = torch.fft.rfftfreq(n, device=dev).clamp(min=1.0 / n)
+    noise = torch.fft.irfft(torch.fft.rfft(white) * freqs[None, :] ** (-uniform(0.0, 2.0) / 2), n)
+    noise = noise / noise.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-12)
+    rms = x.pow(2).mean(1, keepdim=True).sqrt()
+    level = rms * 10 ** (-uniform(*NOISE_SNR_DB) / 20) + 10 ** (uniform(*NOISE_FLOOR_DBFS) / 20)
+    chosen = (torch.rand(batch, 1, generator=generator, device=dev) < prob).to(x.dtype)
+    return x + chosen * level * noise
 
 
 def _clip_targets(audios: Sequence[_Audio], labels: Sequence[str]) -> np.ndarray:
@@ -191,6 +219,7 @@ def _train_step(global_step, model, optimizer, scaler, loss_fn, masks, train_aud
         lam = torch.empty(len(x), 1, device=dev).uniform_(0.3, 0.7)
         x = lam * x + (1 - lam) * x[perm]
         y = torch.maximum(y, y[perm])
+    x = add_noise(x, config.noise)  # rendered windows only: teacher windows are real recordings
     if n_teacher:
         pick = [rng.randrange(len(teacher.windows)) for _ in range(n_teacher)]
         x = torch.cat([x, torch.from_numpy(teacher.windows[pick]).to(dev)])
