@@ -54,8 +54,11 @@ def test_tiny_training_run_yields_a_model_the_tagger_uses(rendered, tmp_path):
     y_true = np.array([[float(label in c.labels) for label in model.labels] for c in clips])
     y_score = np.array([[by_path[c.path]["scores"][label] for label in model.labels] for c in clips])
     from_tags = evaluate(y_true, y_score, model.labels, model.thresholds)
-    for key in ("macro_f1", "micro_f1", "map", "accuracy"):
+    for key in ("macro_f1", "micro_f1", "accuracy"):
         assert metrics[key] == pytest.approx(from_tags[key], abs=1e-6), key
+    # reports round scores to 4 decimals: a barely trained model's near-equal scores can tie there,
+    # which moves AP a little
+    assert metrics["map"] == pytest.approx(from_tags["map"], abs=5e-3)
 
     mixes = [p for p in rendered.rglob("mix.flac")][:2]
     tagged = CliRunner().invoke(main, ["tag", *map(str, mixes), "--model", str(model_path), "--report", "-", "-q"])
