@@ -114,7 +114,7 @@ MUTATIONS: list[Mutation] = [
       "            window_probs, model.labels, thresholds,", "            window_probs, model.labels, model.thresholds,",
       ("tests/test_guards.py::test_aggregation_topk_threshold_and_timeline_options_reach_the_tags",)),
     M("a damaged tail fails the whole track", "tagger/decode.py",
-      "            if total + pending_len == 0:", "            if True:",
+      "            if decoded == 0:", "            if True:",
       ("tests/test_cli.py::test_bad_inputs_get_one_clear_line_and_exit_code_1",)),
     M("eval ignores the model's thresholds", "train/loop.py",
       "scores, model.labels, model.thresholds)", "scores, model.labels, [0.5] * len(model.labels))",

@@ -46,8 +46,9 @@ def test_teacher_windows_fill_their_share_of_each_batch() -> None:
     net.train()
     optimizer = torch.optim.AdamW(net.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    loop._train_step(0, model, optimizer, scaler, loss_fn, (), audio, list(LABELS), config, 10, 5,
-                     random.Random(0), torch.device("cpu"), teacher)
+    opt = loop._Optimisation(model, optimizer, scaler, loss_fn, (), list(LABELS), config, total_steps=10,
+                             steps_per_epoch=5, device=torch.device("cpu"))
+    loop._train_step(opt, 0, audio, random.Random(0), teacher)
     y = seen[0]
     assert y.shape == (8, len(LABELS))
     assert torch.all(y[-2:] == 0.25)  # 25 % of 8: the teacher's soft targets
@@ -115,8 +116,9 @@ def test_balanced_sources_draw_a_small_family_as_often_as_a_big_one() -> None:
     optimizer = torch.optim.AdamW(model.network.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     for by_source in (None, [small, big]):
-        loop._train_step(0, model, optimizer, scaler, loss_fn, (), small + big, list(LABELS), config, 10, 5,
-                         random.Random(0), torch.device("cpu"), None, by_source)
+        opt = loop._Optimisation(model, optimizer, scaler, loss_fn, (), list(LABELS), config, total_steps=10,
+                                 steps_per_epoch=5, device=torch.device("cpu"))
+        loop._train_step(opt, 0, small + big, random.Random(0), None, by_source)
     piano = LABELS.index("piano")
     plain, balanced = (float(y[:, piano].mean()) for y in seen)
     assert plain < 0.12  # 1 clip in 31

@@ -198,19 +198,33 @@ class TeacherData:
     info: dict = field(default_factory=dict)  # what the checkpoint records about the teacher
 
 
-def _train_step(global_step, model, optimizer, scaler, loss_fn, masks, train_audio, labels, config, total_steps,
-                steps_per_epoch, rng, dev, teacher: TeacherData | None = None,
-                by_source: Sequence[Sequence[_Audio]] | None = None) -> float:
-    """One batch: random windows, random gain, multi-label mixup, SpecAugment, AdamW step.
+@dataclass
+class _Optimisation:
+    """What stays the same from one training step to the next."""
+    model: TaggerModel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    masks: Sequence[torch.nn.Module]  # SpecAugment, applied in order
+    labels: Sequence[str]
+    config: TrainConfig
+    total_steps: int
+    steps_per_epoch: int
+    device: torch.device
+
+
+def _train_step(opt: _Optimisation, global_step: int, train_audio: Sequence[_Audio], rng: random.Random,
+                teacher: TeacherData | None = None, by_source: Sequence[Sequence[_Audio]] | None = None) -> float:
+    """One batch: random windows, mixup, background noise, random gain, SpecAugment, AdamW step.
     With a teacher, ``teacher_fraction`` of the batch are real windows with soft targets."""
-    features = model.features
-    for group in optimizer.param_groups:
-        group["lr"] = _lr_at(global_step, total_steps, config.warmup_epochs * steps_per_epoch, config.lr)
+    model, config, dev = opt.model, opt.config, opt.device
+    for group in opt.optimizer.param_groups:
+        group["lr"] = _lr_at(global_step, opt.total_steps, config.warmup_epochs * opt.steps_per_epoch, config.lr)
     n_teacher = int(round(config.batch_size * config.teacher_fraction)) if teacher is not None else 0
     def pick() -> _Audio:  # balanced: a small source (one font family) weighs as much as a big one
         return rng.choice(rng.choice(by_source)) if by_source else rng.choice(train_audio)
 
-    pairs = [_random_window(pick(), labels, features, rng) for _ in range(config.batch_size - n_teacher)]
+    pairs = [_random_window(pick(), opt.labels, model.features, rng) for _ in range(config.batch_size - n_teacher)]
     x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
     y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
     if rng.random() < config.mixup:
@@ -221,20 +235,20 @@ def _train_step(global_step, model, optimizer, scaler, loss_fn, masks, train_aud
         y = torch.maximum(y, y[perm])
     x = add_noise(x, config.noise)  # rendered windows only: teacher windows are real recordings
     if n_teacher:
-        pick = [rng.randrange(len(teacher.windows)) for _ in range(n_teacher)]
-        x = torch.cat([x, torch.from_numpy(teacher.windows[pick]).to(dev)])
-        y = torch.cat([y, torch.from_numpy(teacher.targets[pick]).to(dev)])
+        drawn = [rng.randrange(len(teacher.windows)) for _ in range(n_teacher)]
+        x = torch.cat([x, torch.from_numpy(teacher.windows[drawn]).to(dev)])
+        y = torch.cat([y, torch.from_numpy(teacher.targets[drawn]).to(dev)])
     x = x * torch.empty(len(x), 1, device=dev).uniform_(0.25, 1.5)  # random gain
-    with torch.autocast(dev.type, enabled=scaler.is_enabled(), dtype=torch.float16):
+    with torch.autocast(dev.type, enabled=opt.scaler.is_enabled(), dtype=torch.float16):
         spec = model.front(x)
         if config.spec_augment:
-            for mask in masks:
+            for mask in opt.masks:
                 spec = mask(spec)
-        loss = loss_fn(model.network(spec).float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+        loss = opt.loss_fn(model.network(spec).float(), y)
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(loss).backward()
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
     return loss.item()
 
 
@@ -305,6 +319,8 @@ def train_model(
         rng.seed(config.seed + start_epoch)
         log(f"resumed from {state_path} at epoch {start_epoch}")
 
+    opt = _Optimisation(model, optimizer, scaler, loss_fn, (freq_mask, time_mask), labels, config, total_steps,
+                        steps_per_epoch, dev)
     val_targets = _clip_targets(val_audio, labels)
     by_source = None
     if config.balance_sources:
@@ -322,10 +338,7 @@ def train_model(
             task = bar.add_task("train", total=steps_per_epoch, epoch=epoch + 1)
             for step in range(steps_per_epoch):
                 bar.advance(task)
-                epoch_loss += _train_step(
-                    epoch * steps_per_epoch + step, model, optimizer, scaler, loss_fn, (freq_mask, time_mask),
-                    train_audio, labels, config, total_steps, steps_per_epoch, rng, dev, teacher, by_source,
-                )
+                epoch_loss += _train_step(opt, epoch * steps_per_epoch + step, train_audio, rng, teacher, by_source)
             bar.remove_task(task)
 
         window_probs = predict_clips(model, val_audio, dev)
