@@ -23,7 +23,7 @@ from pathlib import Path
 import platformdirs
 
 from tagger import efficientat
-from tagger.lifetime import pid_alive
+from tagger.lifetime import remove_stale_temps
 from tagger.model import ModelError, TaggerModel, default_model_path, load_model, save_checkpoint
 
 MODELS_URL_ENV = "TAGGER_MODELS_URL"  # another base URL for the release files (a mirror; the tests' local server)
@@ -137,15 +137,7 @@ def load(model: str | os.PathLike | None = None) -> TaggerModel:
     return load_model(resolve(model))
 
 
-_TEMP = re.compile(r"^\..+\.(?:download|tmp)-(\d+)$")
-
-
-def clean_stale_temps(folder: Path) -> None:
-    """Remove temporary files of installs that were killed (their process is gone)."""
-    for path in folder.glob(".*"):
-        match = _TEMP.match(path.name)
-        if match and not pid_alive(int(match.group(1))):  # this process's own count as alive
-            path.unlink(missing_ok=True)
+_TEMP = re.compile(r"^\..+\.(?:download|tmp)-(\d+)$")  # installs in progress: .NAME.download-PID
 
 
 def _copy_verified(entry: Downloadable, read: Callable[[int], bytes], out, total: int | None,
@@ -206,7 +198,7 @@ def install(name: str, *, source: str | os.PathLike | None = None, progress: Pro
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"cannot create the model cache {folder}: {exc.strerror or exc}") from None
-    clean_stale_temps(folder)
+    remove_stale_temps(folder, _TEMP)  # leftovers of installs that were killed
     temp = folder / f".{entry.filename}.download-{os.getpid()}"
     target = installed_path(name)
     try:

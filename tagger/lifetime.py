@@ -5,6 +5,8 @@
   and the command exits 128 + the signal number.
 * ``die_with_parent()`` runs in each worker process: the worker ends as soon as its parent
   dies, however it dies (kill -9 included), instead of lingering forever.
+* ``remove_stale_temps()``: temp files carry their writer's pid, so the next run removes
+  those of killed runs and leaves those of runs still going.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import re
 import signal
 import sys
 import threading
@@ -111,6 +114,26 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], pattern: re.Pattern[str]) -> int:
+    """Delete the files of ``folder`` whose names match ``pattern`` (group 1: the pid of the
+    process that wrote them) when that process is gone. Returns how many were deleted."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or not entry.is_file(follow_symlinks=False) or pid_alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def _watch_parent(parent: int) -> None:

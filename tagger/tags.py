@@ -29,7 +29,7 @@ from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
-from tagger.lifetime import pid_alive
+from tagger.lifetime import remove_stale_temps
 
 FIELD_INSTRUMENTS = "INSTRUMENTS"
 FIELD_SCORES = "INSTRUMENTS_SCORES"
@@ -462,22 +462,6 @@ def remove_tags(path: str | os.PathLike[str], *, dry_run: bool = False) -> bool:
 
 
 def clean_stale_temps(folder: str | os.PathLike[str]) -> int:
-    """Delete temp files left by killed runs; files of a still-running process are left alone."""
-    removed = 0
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return 0
-    for entry in entries:
-        match = _TEMP_RE.match(entry.name)
-        if not match or not entry.is_file(follow_symlinks=False):
-            continue
-        if pid_alive(int(match.group(1))):
-            continue
-        try:
-            os.unlink(entry.path)
-            removed += 1
-        except OSError:
-            pass
-    return removed
+    """Delete tag-write temp files left by killed runs; those of a still-running process stay."""
+    return remove_stale_temps(folder, _TEMP_RE)
 

@@ -161,6 +161,12 @@ MUTATIONS: list[Mutation] = [
     M("loop: noise is always white", "train/loop.py",
       "freqs[None, :] ** (-uniform(0.0, 2.0) / 2)", "freqs[None, :] ** 0",
       ("tests/test_train.py::test_background_noise_share_level_and_colour",)),
+    M("catalog: temps of killed downloads are never removed", "tagger/catalog.py",
+      "    remove_stale_temps(folder, _TEMP)  # leftovers", "    pass  # leftovers",
+      ("tests/test_catalog.py::test_interrupted_download_leaves_nothing_and_stale_temps_are_cleaned",)),
+    M("lifetime: stale-temp cleaning deletes the temps of runs still going", "tagger/lifetime.py",
+      "or pid_alive(int(match.group(1))):", "or False:",
+      ("tests/test_tags.py::test_clean_stale_temps", "tests/test_guards.py")),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")
