@@ -4,7 +4,7 @@
         --model models/default.pt --model runs/other.pt
 
 Renders are digitally clean; real recordings carry room tone and hiss. This adds pink noise
-(1/f, fixed seed) at each SNR below the clip's RMS, scores the clips with each model's own
+(1/f, fixed seed; ``train.loop.coloured``, which also colours the training noise) at each SNR below the clip's RMS, scores the clips with each model's own
 aggregation and thresholds, and prints micro-F1, mAP, labels per clip and how often drums and
 bass are called on clips that have none.
 """
@@ -18,16 +18,8 @@ import torch
 
 from tagger.catalog import load
 from train.datasets import load_dataset
-from train.loop import _clip_targets, load_audio, predict_clips, score_clips
+from train.loop import _clip_targets, coloured, load_audio, predict_clips, score_clips
 from train.metrics import evaluate
-
-
-def pink(n: int, rng: np.random.Generator) -> np.ndarray:
-    freqs = np.fft.rfftfreq(n)
-    freqs[0] = freqs[1]
-    spectrum = (rng.normal(size=freqs.size) + 1j * rng.normal(size=freqs.size)) / np.sqrt(freqs)
-    x = np.fft.irfft(spectrum, n)
-    return (x / x.std()).astype(np.float32)
 
 
 def main() -> None:
@@ -48,13 +40,14 @@ def main() -> None:
         truth = _clip_targets(audios, model.labels)
         drums, bass = model.labels.index("drums"), model.labels.index("bass")
         for snr in snrs:
-            rng = np.random.default_rng(0)  # the same noise for every model
+            gen = torch.Generator().manual_seed(0)  # the same noise for every model
             noisy = []
             for a in audios:
                 b = copy.copy(a)
                 if snr is not None:
+                    pink = coloured(torch.randn(1, a.signal.size, generator=gen), torch.ones(1, 1))[0].numpy()
                     rms = float(np.sqrt(np.mean(a.signal ** 2))) + 1e-9
-                    b.signal = a.signal + pink(a.signal.size, rng) * rms * 10 ** (-snr / 20)
+                    b.signal = a.signal + pink * rms * 10 ** (-snr / 20)
                 noisy.append(b)
             scores = score_clips(predict_clips(model, noisy, torch.device("cpu")), model.aggregation, model.topk)
             m = evaluate(truth, scores, model.labels, model.thresholds)

@@ -159,7 +159,7 @@ MUTATIONS: list[Mutation] = [
       "    level = rms * 10 ** (", "    level = 0.1 * 10 ** (",
       ("tests/test_train.py::test_background_noise_share_level_and_colour",)),
     M("loop: noise is always white", "train/loop.py",
-      "freqs[None, :] ** (-uniform(0.0, 2.0) / 2)", "freqs[None, :] ** 0",
+      "freqs[None, :] ** (-alpha / 2)", "freqs[None, :] ** 0",
       ("tests/test_train.py::test_background_noise_share_level_and_colour",)),
     M("catalog: temps of killed downloads are never removed", "tagger/catalog.py",
       "    remove_stale_temps(folder, _TEMP)  # leftovers", "    pass  # leftovers",

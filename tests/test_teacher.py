@@ -46,7 +46,7 @@ def test_teacher_windows_fill_their_share_of_each_batch() -> None:
     net.train()
     optimizer = torch.optim.AdamW(net.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    opt = loop._Optimisation(model, optimizer, scaler, loss_fn, (), list(LABELS), config, total_steps=10,
+    opt = loop._Optimisation(model, optimizer, scaler, loss_fn, (), config, total_steps=10,
                              steps_per_epoch=5, device=torch.device("cpu"))
     loop._train_step(opt, 0, audio, random.Random(0), teacher)
     y = seen[0]
@@ -116,7 +116,7 @@ def test_balanced_sources_draw_a_small_family_as_often_as_a_big_one() -> None:
     optimizer = torch.optim.AdamW(model.network.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     for by_source in (None, [small, big]):
-        opt = loop._Optimisation(model, optimizer, scaler, loss_fn, (), list(LABELS), config, total_steps=10,
+        opt = loop._Optimisation(model, optimizer, scaler, loss_fn, (), config, total_steps=10,
                                  steps_per_epoch=5, device=torch.device("cpu"))
         loop._train_step(opt, 0, small + big, random.Random(0), None, by_source)
     piano = LABELS.index("piano")

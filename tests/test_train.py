@@ -143,7 +143,7 @@ def test_training_windows_get_the_noise_the_config_asks_for():
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     for noise in (0.0, 1.0):
         config = loop.TrainConfig(batch_size=4, mixup=0.0, noise=noise)
-        opt = loop._Optimisation(model, optimizer, scaler, torch.nn.BCEWithLogitsLoss(), (), list(LABELS), config,
+        opt = loop._Optimisation(model, optimizer, scaler, torch.nn.BCEWithLogitsLoss(), (), config,
                                  total_steps=10, steps_per_epoch=5, device=torch.device("cpu"))
         loop._train_step(opt, 0, [silent], random.Random(0))
     assert torch.count_nonzero(inputs[0]) == 0  # no noise asked: silence stays silent

@@ -111,12 +111,21 @@ NOISE_SNR_DB = (10.0, 45.0)  # noise level below the window's RMS
 NOISE_FLOOR_DBFS = (-70.0, -50.0)  # and an absolute floor, so silent windows hiss too
 
 
+def coloured(white: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``white`` noise ``[batch, samples]`` shaped to a 1/f^alpha power spectrum per row
+    (``alpha`` ``[batch, 1]``: 0 white, 1 pink, 2 brown), scaled to unit RMS."""
+    n = white.shape[-1]
+    freqs = torch.fft.rfftfreq(n, device=white.device).clamp(min=1.0 / n)
+    noise = torch.fft.irfft(torch.fft.rfft(white) * freqs[None, :] ** (-alpha / 2), n)
+    return noise / noise.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-12)
+
+
 def add_noise(x: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Background noise on a ``prob`` share of windows ``[batch, samples]``, labels unchanged.
 
     Renders are digitally clean; real recordings carry room tone, hiss and hum. Without this a
     model learns that broadband noise means drums (default 4 on validation renders with pink
-    noise 20 dB down: drums on 51 % of clips without drums, against 8 % clean). The noise is
+    noise 20 dB down: drums on half the clips without drums, against 8 % clean). The noise is
     coloured 1/f^a with a in [0, 2] (white to brown), at a random SNR, plus a random floor."""
     if prob <= 0:
         return x
@@ -124,10 +133,7 @@ def add_noise(x: torch.Tensor, prob: float, generator: torch.Generator | None = 
     dev = x.device
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(batch, 1, generator=generator, device=dev)
-    white = torch.randn(batch, n, generator=generator, device=dev)
-    freqs = torch.fft.rfftfreq(n, device=dev).clamp(min=1.0 / n)
-    noise = torch.fft.irfft(torch.fft.rfft(white) * freqs[None, :] ** (-uniform(0.0, 2.0) / 2), n)
-    noise = noise / noise.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-12)
+    noise = coloured(torch.randn(batch, n, generator=generator, device=dev), uniform(0.0, 2.0))
     rms = x.pow(2).mean(1, keepdim=True).sqrt()
     level = rms * 10 ** (-uniform(*NOISE_SNR_DB) / 20) + 10 ** (uniform(*NOISE_FLOOR_DBFS) / 20)
     chosen = (torch.rand(batch, 1, generator=generator, device=dev) < prob).to(x.dtype)
@@ -206,7 +212,6 @@ class _Optimisation:
     scaler: torch.amp.GradScaler
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     masks: Sequence[torch.nn.Module]  # SpecAugment, applied in order
-    labels: Sequence[str]
     config: TrainConfig
     total_steps: int
     steps_per_epoch: int
@@ -224,7 +229,7 @@ def _train_step(opt: _Optimisation, global_step: int, train_audio: Sequence[_Aud
     def pick() -> _Audio:  # balanced: a small source (one font family) weighs as much as a big one
         return rng.choice(rng.choice(by_source)) if by_source else rng.choice(train_audio)
 
-    pairs = [_random_window(pick(), opt.labels, model.features, rng) for _ in range(config.batch_size - n_teacher)]
+    pairs = [_random_window(pick(), model.labels, model.features, rng) for _ in range(config.batch_size - n_teacher)]
     x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
     y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
     if rng.random() < config.mixup:
@@ -319,7 +324,7 @@ def train_model(
         rng.seed(config.seed + start_epoch)
         log(f"resumed from {state_path} at epoch {start_epoch}")
 
-    opt = _Optimisation(model, optimizer, scaler, loss_fn, (freq_mask, time_mask), labels, config, total_steps,
+    opt = _Optimisation(model, optimizer, scaler, loss_fn, (freq_mask, time_mask), config, total_steps,
                         steps_per_epoch, dev)
     val_targets = _clip_targets(val_audio, labels)
     by_source = None
