@@ -167,6 +167,21 @@ MUTATIONS: list[Mutation] = [
     M("lifetime: stale-temp cleaning deletes the temps of runs still going", "tagger/lifetime.py",
       "or pid_alive(int(match.group(1))):", "or False:",
       ("tests/test_tags.py::test_clean_stale_temps", "tests/test_guards.py")),
+    M("expression: the samples family ignores pitch bends", "train/samples.py",
+      "    bend = cents_curve(inst, rate, n)  # vibrato", "    bend = None  # vibrato",
+      ("tests/test_expression.py::test_samples_family_plays_pitch_bends_and_expression",)),
+    M("expression: the samples family ignores swells (CC11)", "train/samples.py",
+      "    return buf if level is None else buf * level", "    return buf",
+      ("tests/test_expression.py::test_samples_family_plays_pitch_bends_and_expression",)),
+    M("expression: vibrato from the first instant (no onset)", "train/expression.py",
+      "np.clip(dt / onset - 1, 0, 1)", "np.clip(dt / onset + 1, 0, 1)",
+      ("tests/test_expression.py::test_vibrato_sets_in_after_the_attack_at_a_players_rate_and_depth",)),
+    M("expression: renders get expression without --expression", "train/render.py",
+      "    if expression:\n        effects[\"expression\"]", "    if True:\n        effects[\"expression\"]",
+      ("tests/test_expression.py::test_dataset_render_expression_is_opt_in",)),
+    M("expression: pianos and drums get bends too", "train/expression.py",
+      "    if inst.is_drum or style is None or", "    style = style or _LEAD\n    if",
+      ("tests/test_expression.py::test_perform_writes_bends_and_expression_only_for_shaping_players",)),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")

@@ -25,6 +25,7 @@ import yaml
 from tagger.lifetime import pool_initializer
 from train.arrange import generate_arrangement
 from train.effects import compress, eq, limit, lossy, reverb
+from train.expression import perform
 from train.soundfonts import (
     FREEPATS,
     SOUNDFONT_FAMILIES,
@@ -147,7 +148,7 @@ def window_labels(label_activity: dict[str, Sequence[tuple[float, float]]], labe
 def render_midi(midi: pretty_midi.PrettyMIDI, soundfont: str, *, sample_rate: int = 16000,
                 rng: np.random.Generator | None = None, seconds: float | None = None,
                 augment: bool = False, render_sample_rate: int | None = None,
-                production: bool = False) -> RenderedMix:
+                production: bool = False, expression: bool = False) -> RenderedMix:
     """Render each instrument of ``midi`` separately, mix, normalise and label.
 
     ``soundfont``: .sf2 path, short name from ``find_soundfonts`` or ``"freepats"``.
@@ -155,6 +156,8 @@ def render_midi(midi: pretty_midi.PrettyMIDI, soundfont: str, *, sample_rate: in
     random overall level. Without it stems are mixed as the font plays them, peak 0.9.
     ``production`` (with ``augment``): a denser production chain, closer to released music:
     more stem EQ, stem and bus compression, more reverb, a soft limiter, more lossy codecs.
+    ``expression``: vibrato, scoops, intonation, bends and swells on the stems whose players
+    shape their notes (``train.expression``).
     """
     p_eq, p_comp, p_rev, p_limit, p_lossy = (0.5, 0.5, 0.6, 0.4, 0.3) if production else (0.25, 0.0, 0.25, 0.0, 0.15)
     rng = rng if rng is not None else np.random.default_rng()
@@ -170,6 +173,8 @@ def render_midi(midi: pretty_midi.PrettyMIDI, soundfont: str, *, sample_rate: in
             for note in inst.notes:
                 note.velocity = int(np.clip(round(note.velocity * scale + rng.normal(0, sd)), 1, 127))
         effects["velocity"] = f"x{scale:.2f} sd={sd:.1f}"
+    if expression:
+        effects["expression"] = [inst.program for inst in insts if perform(inst, rng)]
     n_render = int(np.ceil(seconds * render_sample_rate))
     raw, ok = [], []
     for inst in insts:
@@ -284,12 +289,12 @@ def _write_flac(path: Path, audio: np.ndarray, rate: int) -> None:
 
 def _render_track(out_dir: str, index: int, seed: int, fonts: Sequence[str], seconds: float,
                   sample_rate: int, files: list[Path], augment: bool, production: bool = False,
-                  solo: float = 0.0) -> Path:
+                  solo: float = 0.0, expression: bool = False) -> Path:
     torch.set_num_threads(1)  # one track per core; keep the shared machine light
     rng, font, rate = _track_plan(seed, index, fonts, augment, sample_rate)
     midi, source = _source(rng, seconds, files, solo)
     mix = render_midi(midi, font, sample_rate=sample_rate, rng=rng, seconds=seconds, augment=augment,
-                      render_sample_rate=rate, production=production)
+                      render_sample_rate=rate, production=production, expression=expression)
     tdir = track_dir(out_dir, index)
     (tdir / "stems").mkdir(parents=True, exist_ok=True)
     (tdir / "MIDI").mkdir(exist_ok=True)
@@ -343,7 +348,7 @@ def _render_track(out_dir: str, index: int, seed: int, fonts: Sequence[str], sec
 def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[str], seed: int = 0,
                    seconds: float = 10.0, sample_rate: int = 16000, midi_dir: str | None = None,
                    jobs: int = 1, start_index: int = 0, progress: bool = True, augment: bool = True,
-                   production: bool = False, solo: float = 0.0) -> list[Path]:
+                   production: bool = False, solo: float = 0.0, expression: bool = False) -> list[Path]:
     """Render tracks ``start_index .. start_index+n_tracks-1`` into ``out_dir`` (Slakh layout).
 
     Track i is seeded from (seed, i) and uses ``soundfonts[i % len(soundfonts)]``; tracks
@@ -362,13 +367,13 @@ def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[s
     indices = list(range(start_index, start_index + n_tracks))
     info = {"n_tracks": n_tracks, "start_index": start_index, "seed": seed, "seconds": seconds,
             "sample_rate": sample_rate, "augment": augment, "production": production, "solo": solo,
-            "midi_dir": midi_dir,
+            "expression": expression, "midi_dir": midi_dir,
             "soundfonts": [{"spec": f, "name": soundfont_name(f), "family": soundfont_family(f)} for f in fonts]}
     (out / "render_info.json").write_text(json.dumps(info, indent=2))
     todo = [i for i in indices if not (track_dir(out, i) / "metadata.yaml").exists()]
     # group by (font, render rate) so each worker rarely reloads a big font
     todo.sort(key=lambda i: (_track_plan(seed, i, fonts, augment, sample_rate)[1:], i))
-    args = (seed, fonts, seconds, sample_rate, files, augment, production, solo)
+    args = (seed, fonts, seconds, sample_rate, files, augment, production, solo, expression)
     with Progress(console=Console(stderr=True), disable=not progress, transient=False) as bar:
         task = bar.add_task("rendering", total=len(todo))
         if jobs == 1:

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
+from train.expression import cents_curve, level_curve
+
 SAMPLES = "samples"  # the family's spec name, next to .sf2 paths and "freepats"
 SAMPLES_ENV = "TAGGER_SAMPLES_DIR"
 _AUDIO_EXT = (".mp3", ".ogg", ".flac", ".wav", ".aif", ".aiff")
@@ -215,15 +217,22 @@ def _place(buf: np.ndarray, start: int, x: np.ndarray) -> None:
     buf[start:start + len(x)] += x
 
 
-def _pitched(sample: np.ndarray, ratio: float, length: int) -> np.ndarray:
-    """``sample`` played ``ratio`` times faster (pitch up), ``length`` output samples."""
-    pos = np.arange(min(length, int(len(sample) / ratio))) * ratio
+def _pitched(sample: np.ndarray, ratio: float, length: int, cents: np.ndarray | None = None) -> np.ndarray:
+    """``sample`` played ``ratio`` times faster (pitch up), at most ``length`` output samples;
+    ``cents`` (one per output sample) bends the pitch as it plays."""
+    if cents is None:
+        pos = np.arange(min(length, int(len(sample) / ratio))) * ratio
+    else:
+        step = ratio * 2 ** (np.pad(cents[:length], (0, max(0, length - len(cents))), mode="edge") / 1200)
+        pos = np.concatenate([[0.0], np.cumsum(step[:-1])])
+        pos = pos[pos <= len(sample) - 1]
     return np.interp(pos, np.arange(len(sample)), sample).astype(np.float32)
 
 
 def _render_notes(inst: pretty_midi.Instrument, folder_of, rate: int, n: int, rng: np.random.Generator,
                   players: int = 1) -> np.ndarray:
     buf = np.zeros(n, np.float32)
+    bend = cents_curve(inst, rate, n)  # vibrato, scoops, bends (train.expression)
     for note in inst.notes:
         name, folder = folder_of(note.pitch)
         bank = _notes(str(folder), rate)
@@ -237,15 +246,17 @@ def _render_notes(inst: pretty_midi.Instrument, folder_of, rate: int, n: int, rn
             ratio = 2 ** ((note.pitch - pitch + cents / 100) / 12)
             dur = note.end - note.start
             length = int((dur + release) * rate)
-            y = _pitched(sample, ratio, length)
+            at = int(note.start * rate)
+            y = _pitched(sample, ratio, length, None if bend is None or at >= n else bend[at:at + length])
             keep = int(dur * rate)
             if len(y) > keep:  # release: fade out after the note-off
                 fade = np.exp(-np.arange(len(y) - keep) / (release / 4 * rate)).astype(np.float32)
                 y[keep:] *= fade
             y[: min(len(y), int(0.004 * rate))] *= np.linspace(0, 1, min(len(y), int(0.004 * rate)), dtype=np.float32)
             delay = int(abs(rng.normal(0, 0.012)) * rate) if k else 0
-            _place(buf, int(note.start * rate) + delay, y * _gain(note.velocity) / np.sqrt(players))
-    return buf
+            _place(buf, at + delay, y * _gain(note.velocity) / np.sqrt(players))
+    level = level_curve(inst, rate, n)  # swells (CC11)
+    return buf if level is None else buf * level
 
 
 def _render_drums(inst: pretty_midi.Instrument, rate: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
