@@ -1,15 +1,15 @@
-"""What the zero-padded last window does to short tracks' tags, on labelled renders (never real-dev).
+"""What the last window does to short tracks' tags, on labelled renders (never real-dev).
 
     python bench/tail_windows.py data/mn04-val-samples data/mn04-val-fonts --model models/default.pt \
         --seconds 3.5,5,6.5,8,10
 
-The tagger cuts windows at 0, hop, 2*hop, ... and pads the tail that the last full window did
-not reach with zeros (``tagger.windows``); training never sees padded windows. Each clip is cut
-to the first N seconds (labels from its activity in that span) and scored twice with the model's
-own aggregation and thresholds: with the tagger's windows ("zero"), and with the tail window
-moved back to end at the track's end, so it is full of audio ("end"; the same number of
-windows; tracks shorter than one window are padded either way). Prints micro-F1, mAP, labels
-per clip and drums on drum-free clips.
+The tagger cuts windows at 0, hop, 2*hop, ... and a last one for the tail that the last full
+window did not reach. Until 2026-12-02 that tail window was zero-padded ("zero"); training
+never sees padded windows, so it now ends at the track's end, full of audio ("end", what
+``tagger.windows`` does; the same number of windows; tracks shorter than one window are padded
+either way). Each clip is cut to its first N seconds (labels from its activity in that span)
+and scored both ways with the model's own aggregation and thresholds. Prints micro-F1, mAP,
+labels per clip and drums on drum-free clips.
 """
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ from train.loop import clip_windows, load_audio, score_clips
 from train.metrics import evaluate
 
 
-def end_aligned(windows: np.ndarray, signal: np.ndarray, window: int, hop: int) -> np.ndarray:
-    """The tagger's windows with a padded tail replaced by the track's last full window."""
+def zero_padded_tail(windows: np.ndarray, signal: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """The tagger's windows with the tail window as it was: from the next hop on, zero-padded."""
     n = len(signal)
     if n >= window and (n - window) % hop:
         windows = windows.copy()
-        windows[-1] = signal[n - window:]
+        piece = signal[(len(windows) - 1) * hop:]
+        windows[-1] = 0.0
+        windows[-1, : piece.size] = piece
     return windows
 
 
@@ -61,8 +63,8 @@ def main() -> None:
             probs = []
             for a in cut:
                 w = clip_windows(a, features)
-                if mode == "end":
-                    w = end_aligned(w, a.signal, features.window_samples, features.hop_samples)
+                if mode == "zero":
+                    w = zero_padded_tail(w, a.signal, features.window_samples, features.hop_samples)
                 probs.append(runner.predict(w))
             scores = score_clips(probs, model.aggregation, model.topk)
             m = evaluate(truth, scores, labels, model.thresholds)

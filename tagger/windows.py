@@ -1,8 +1,10 @@
 """Cut a stream of samples into fixed-length windows with a hop.
 
 Windows start at 0, hop, 2*hop, ... A tail that the last full window did not reach gets
-one more, zero-padded window, and a track shorter than one window is padded, not
-dropped, so every track yields ``1 + ceil(max(0, n - window) / hop)`` windows.
+one more window, the track's last ``window`` samples: full of audio, as every training window
+is (a zero-padded one dragged short tracks' scores down: ``bench/tail_windows.py``). A track
+shorter than one window is zero-padded, not dropped, so every track yields
+``1 + ceil(max(0, n - window) / hop)`` windows.
 """
 from __future__ import annotations
 
@@ -33,16 +35,17 @@ def iter_window_blocks(
             if len(ready) == block:
                 yield np.stack(ready)
                 ready = []
-        keep_from = min(next_start - consumed, buffer.size)
+        # keep what the next window needs, and the last `window` samples for an end-aligned tail
+        keep_from = max(0, min(next_start - consumed, buffer.size - window))
         buffer = buffer[keep_from:]
         consumed += keep_from
     total = consumed + buffer.size
     emitted = next_start // hop
-    if emitted == 0 or next_start - hop + window < total:  # samples after the last full window
+    if emitted == 0:  # shorter than one window: zero-padded
         tail = np.zeros(window, np.float32)
-        offset = next_start - consumed
-        piece = buffer[offset : offset + window]
-        tail[: piece.size] = piece
+        tail[: buffer.size] = buffer
         ready.append(tail)
+    elif next_start - hop + window < total:  # samples after the last full window
+        ready.append(buffer[buffer.size - window :].copy())
     if ready:
         yield np.stack(ready)

@@ -182,6 +182,9 @@ MUTATIONS: list[Mutation] = [
     M("expression: pianos and drums get bends too", "train/expression.py",
       "    if inst.is_drum or style is None or", "    style = style or _LEAD\n    if",
       ("tests/test_expression.py::test_perform_writes_bends_and_expression_only_for_shaping_players",)),
+    M("windows: the tail window is zero-padded again", "tagger/windows.py",
+      "ready.append(buffer[buffer.size - window :].copy())", "ready.append(np.pad(buffer[next_start - consumed :], (0, window))[:window])",
+      ("tests/test_core.py::test_windows_cover_the_track_and_end_at_its_end", "tests/test_guards.py")),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")

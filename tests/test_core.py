@@ -23,7 +23,7 @@ from tagger.windows import count_windows, iter_window_blocks
 
 @pytest.mark.parametrize("n", [0, 1, 47999, 48000, 48001, 72000, 100000])
 @pytest.mark.parametrize("hop", [24000, 48000, 60000])
-def test_windows_cover_the_track_and_pad_the_tail(n, hop):
+def test_windows_cover_the_track_and_end_at_its_end(n, hop):
     signal = np.arange(n, dtype=np.float32) + 1
     chunks = [signal[i : i + 7001] for i in range(0, n, 7001)] or [signal]
     windows = np.concatenate(list(iter_window_blocks(chunks, window=48000, hop=hop, block=2)))
@@ -31,6 +31,8 @@ def test_windows_cover_the_track_and_pad_the_tail(n, hop):
     for i, row in enumerate(windows):
         expected = np.zeros(48000, np.float32)
         piece = signal[i * hop : i * hop + 48000]
+        if piece.size < 48000 and n >= 48000:
+            piece = signal[n - 48000 :]  # the tail window is the track's last full window
         expected[: piece.size] = piece
         np.testing.assert_array_equal(row, expected)
 
