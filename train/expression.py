@@ -1,7 +1,7 @@
 """Performance expression for generated MIDI: vibrato, scoops, intonation, bends and swells.
 
 Players of bowed strings, winds and brass never hold a pitch or a level still: vibrato of
-4.5–6.5 Hz and 10–35 cents that sets in after the attack, notes that start a little flat and
+4.5–6.5 Hz and 8–35 cents that sets in after the attack, notes that start a little flat and
 slide up, a few cents of intonation per note, and loudness that swells within long notes;
 electric guitarists bend strings. The arranger's MIDI has none of this, so no render had it
 before ``tagger dataset render --expression``. It is written as channel pitch bends and
