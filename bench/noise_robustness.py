@@ -11,7 +11,7 @@ bass are called on clips that have none.
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -43,12 +43,11 @@ def main() -> None:
             gen = torch.Generator().manual_seed(0)  # the same noise for every model
             noisy = []
             for a in audios:
-                b = copy.copy(a)
                 if snr is not None:
                     pink = coloured(torch.randn(1, a.signal.size, generator=gen), torch.ones(1, 1))[0].numpy()
                     rms = float(np.sqrt(np.mean(a.signal ** 2))) + 1e-9
-                    b.signal = a.signal + pink * rms * 10 ** (-snr / 20)
-                noisy.append(b)
+                    a = dataclasses.replace(a, signal=a.signal + pink * rms * 10 ** (-snr / 20))
+                noisy.append(a)
             scores = score_clips(predict_clips(model, noisy, torch.device("cpu")), model.aggregation, model.topk)
             m = evaluate(truth, scores, model.labels, model.thresholds)
             pred = scores >= np.asarray(model.thresholds)[None, :]

@@ -14,6 +14,7 @@ labels per clip and drums on drum-free clips.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import torch
@@ -55,10 +56,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for seconds in (float(s) for s in args.seconds.split(",")):
         truth = np.array([window_targets(a.clip, labels, a.offset, a.offset + seconds) for a in audios])
-        cut = []
-        for a in audios:
-            b = type(a)(a.clip, a.signal[: int(seconds * features.sample_rate)], a.offset)
-            cut.append(b)
+        cut = [dataclasses.replace(a, signal=a.signal[: int(seconds * features.sample_rate)]) for a in audios]
         for mode in ("zero", "end"):
             probs = []
             for a in cut:

@@ -1,22 +1,14 @@
 """Performance expression (train.expression): vibrato, scoops, swells and bends written as MIDI
-pitch bends and CC11, played by the samples family and the SoundFont synth, and opt-in in the
-dataset renderer."""
+pitch bends and CC11 (the samples family playing them, and the renderer's opt-in flag, are
+tested in test_samples.py)."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pretty_midi
 import pytest
-import soundfile as sf
-import yaml
 
-from train import expression, samples
+from train import expression
 from train.expression import STEP_S, Style, perform
-from train.render import render_dataset
-
-RATE = 16000
 
 
 def _curves(style: Style, notes: list[pretty_midi.Note], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,58 +66,3 @@ def _copy(inst: pretty_midi.Instrument) -> pretty_midi.Instrument:
     out = pretty_midi.Instrument(inst.program, inst.is_drum)
     out.notes = [pretty_midi.Note(n.velocity, n.pitch, n.start, n.end) for n in inst.notes]
     return out
-
-
-def _tone(freq: float, seconds: float = 2.0) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def _pitch_hz(x: np.ndarray) -> float:
-    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)), 8 * len(x)))
-    return float(np.argmax(spec) * RATE / (8 * len(x)))
-
-
-@pytest.fixture()
-def library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    lib = tmp_path / "lib"
-    (lib / "cello").mkdir(parents=True)
-    sf.write(lib / "cello" / "A3.wav", _tone(220.0), RATE)
-    monkeypatch.setenv(samples.SAMPLES_ENV, str(lib))
-    samples._notes.cache_clear()
-    samples.drum_kits.cache_clear()
-    return lib
-
-
-def test_samples_family_plays_pitch_bends_and_expression(library: Path) -> None:
-    def cello(bend: int | None, cc: int | None) -> np.ndarray:
-        inst = pretty_midi.Instrument(42)
-        inst.notes.append(pretty_midi.Note(100, 57, 0.0, 1.5))
-        if bend is not None:
-            inst.pitch_bends = [pretty_midi.PitchBend(0, 0.0), pretty_midi.PitchBend(bend, 0.5)]
-        if cc is not None:
-            inst.control_changes = [pretty_midi.ControlChange(expression.EXPRESSION_CC, cc, 0.0)]
-        return samples.render_sampled(inst, RATE, 2 * RATE)[0]
-
-    plain, bent, quiet = cello(None, None), cello(4096, None), cello(None, 90)  # +100 cents from 0.5 s
-    assert abs(_pitch_hz(bent[int(0.1 * RATE):int(0.45 * RATE)]) - 220.0) < 3
-    assert abs(_pitch_hz(bent[int(0.6 * RATE):int(1.4 * RATE)]) - 220.0 * 2 ** (1 / 12)) < 3
-    assert abs(_pitch_hz(plain[int(0.6 * RATE):int(1.4 * RATE)]) - 220.0) < 3
-    ratio = np.sqrt(np.mean(quiet[:RATE] ** 2) / np.mean(plain[:RATE] ** 2))
-    assert ratio == pytest.approx((90 / 127) ** 2, rel=0.02)
-
-
-def test_dataset_render_expression_is_opt_in(library: Path, tmp_path: Path) -> None:
-    kinds = {}
-    for flag in (False, True):
-        out = render_dataset(tmp_path / f"ds{flag}", n_tracks=2, soundfonts=["samples"], seed=5, seconds=3.0,
-                             progress=False, solo=1.0, expression=flag)
-        bends = 0
-        for track in out:
-            meta = yaml.safe_load((track / "metadata.yaml").read_text())
-            assert ("expression" in meta["augment"]) == flag
-            for mid in (track / "MIDI").glob("S*.mid"):
-                bends += sum(len(i.pitch_bends) for i in pretty_midi.PrettyMIDI(str(mid)).instruments)
-        kinds[flag] = bends
-        assert json.loads((tmp_path / f"ds{flag}" / "render_info.json").read_text())["expression"] == flag
-    assert kinds[False] == 0 and kinds[True] > 0

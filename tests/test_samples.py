@@ -1,7 +1,9 @@
 """Sample-based instruments (train.samples): pitch from the nearest recorded note, drum kits
-from Hydrogen drumkit.xml, and the "samples" family through the dataset renderer."""
+from Hydrogen drumkit.xml, pitch bends and CC11 (train.expression), and the "samples" family
+through the dataset renderer."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from train import samples
+from train import expression, samples
 from train.render import render_dataset
 
 RATE = 16000
@@ -87,3 +89,37 @@ def test_samples_family_renders_a_labelled_dataset(library: Path, tmp_path: Path
         assert 1 <= len(meta["stems"]) <= 2  # solo=1.0: solos and duos only
         audio, _ = sf.read(track / "mix.flac")
         assert np.max(np.abs(audio)) > 0.05
+
+
+def test_samples_family_plays_pitch_bends_and_expression(library: Path) -> None:
+    def cello(bend: int | None, cc: int | None) -> np.ndarray:
+        inst = pretty_midi.Instrument(42)
+        inst.notes.append(pretty_midi.Note(100, 57, 0.0, 1.5))
+        if bend is not None:
+            inst.pitch_bends = [pretty_midi.PitchBend(0, 0.0), pretty_midi.PitchBend(bend, 0.5)]
+        if cc is not None:
+            inst.control_changes = [pretty_midi.ControlChange(expression.EXPRESSION_CC, cc, 0.0)]
+        return samples.render_sampled(inst, RATE, 2 * RATE)[0]
+
+    plain, bent, quiet = cello(None, None), cello(4096, None), cello(None, 90)  # +100 cents from 0.5 s
+    assert abs(_pitch_hz(bent[int(0.1 * RATE):int(0.45 * RATE)]) - 220.0) < 3
+    assert abs(_pitch_hz(bent[int(0.6 * RATE):int(1.4 * RATE)]) - 220.0 * 2 ** (1 / 12)) < 3
+    assert abs(_pitch_hz(plain[int(0.6 * RATE):int(1.4 * RATE)]) - 220.0) < 3
+    ratio = np.sqrt(np.mean(quiet[:RATE] ** 2) / np.mean(plain[:RATE] ** 2))
+    assert ratio == pytest.approx((90 / 127) ** 2, rel=0.02)
+
+
+def test_dataset_render_expression_is_opt_in(library: Path, tmp_path: Path) -> None:
+    kinds = {}
+    for flag in (False, True):
+        out = render_dataset(tmp_path / f"ds{flag}", n_tracks=2, soundfonts=["samples"], seed=5, seconds=3.0,
+                             progress=False, solo=1.0, expression=flag)
+        bends = 0
+        for track in out:
+            meta = yaml.safe_load((track / "metadata.yaml").read_text())
+            assert ("expression" in meta["augment"]) == flag
+            for mid in (track / "MIDI").glob("S*.mid"):
+                bends += sum(len(i.pitch_bends) for i in pretty_midi.PrettyMIDI(str(mid)).instruments)
+        kinds[flag] = bends
+        assert json.loads((tmp_path / f"ds{flag}" / "render_info.json").read_text())["expression"] == flag
+    assert kinds[False] == 0 and kinds[True] > 0
