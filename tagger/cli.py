@@ -457,15 +457,20 @@ def _log(message: str) -> None:
 @click.option("--teacher-fraction", type=click.FloatRange(0, 0.9), default=0.25, show_default=True, help="Share of each batch drawn from teacher windows.")
 @click.option("--teacher-temperature", type=click.FloatRange(0.05), default=1.0, show_default=True, help="Softens the calibrated teacher targets.")
 @click.option("--teacher-thresholds", metavar="T1,T2,...", help="The teacher's per-label thresholds (validated on your data) that calibration maps to 0.5 (default: the teacher model's).")
+@click.option("--domain-audio", multiple=True, type=click.Path(exists=True), help="Real, unlabelled audio (files or folders) for render-vs-real invariance (domain-adversarial); repeatable.")
+@click.option("--domain-fraction", type=click.FloatRange(0.05, 0.5), default=0.25, show_default=True, help="Share of each batch drawn from --domain-audio windows.")
+@click.option("--domain-weight", type=click.FloatRange(0), default=0.3, show_default=True, help="Gradient-reversal weight reached at the end of its ramp.")
 def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_set, epochs, steps_per_epoch, batch_size,
               lr, patience, seed, window_seconds, hop_seconds, name, model_version, device, jobs, resume,
               balance_sources, noise, init_model, teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature,
-              teacher_thresholds) -> None:
+              teacher_thresholds, domain_audio, domain_fraction, domain_weight) -> None:
     """Train a model on Slakh-layout (rendered or real), IRMAS or manifest data.
 
     Several DATASETS are trained on together (e.g. SoundFont renders and sample-library
     renders). With --teacher and --teacher-audio, a share of every batch is real audio with
-    the teacher's per-label calibrated scores as targets (see train/teacher.py)."""
+    the teacher's per-label calibrated scores as targets (see train/teacher.py). With
+    --domain-audio, a share of every batch is real audio that only a render-vs-real
+    discriminator sees, through gradient reversal (see train/domain.py)."""
     loop = _import_train("train.loop")
     taxonomy = _import_train("train.taxonomy")
     from tagger.features import FeatureConfig
@@ -483,6 +488,7 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
     config.teacher_fraction = teacher_fraction
     config.balance_sources = balance_sources
     config.noise = noise
+    config.domain_fraction, config.domain_weight = domain_fraction, domain_weight
     window = window_seconds or FeatureConfig().window_seconds
     features = FeatureConfig(window_seconds=window, hop_seconds=hop_seconds or window)
     teacher_data = None
@@ -495,10 +501,15 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
                 raise click.UsageError(f"--teacher-thresholds: {len(labels)} values needed")
             teacher_data = _teacher_data(teacher, teacher_weights, teacher_audio, teacher_temperature, labels, features,
                                          thresholds)
+        domain_data = None
+        if domain_audio:
+            domain_data = _import_train("train.domain").real_windows(
+                domain_audio, sample_rate=features.sample_rate, window_seconds=features.window_seconds, log=_log)
+            _log(f"domain audio: {len(domain_data.windows)} real windows from {domain_data.info['files']} files")
         init = _load_model(init_model) if init_model else None
         loop.train_model(clips, labels, out=out, config=config, features=features, validation_clips=validation,
                          device=device, jobs=jobs, resume=resume, progress=True, log=_log, teacher=teacher_data,
-                         init=init)
+                         init=init, domain=domain_data)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -125,8 +125,12 @@ class TagNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(2 * in_ch, n_labels))
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features the head reads ([B, 2 * widths[-1]]); training's domain branch reads them too."""
+        return _pool_time_freq(self.features(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(_pool_time_freq(self.features(x)))
+        return self.head(self.embed(x))
 
 
 def _fold_batchnorms(module: nn.Module) -> nn.Module:

@@ -185,6 +185,24 @@ MUTATIONS: list[Mutation] = [
     M("windows: the tail window is zero-padded again", "tagger/windows.py",
       "ready.append(buffer[buffer.size - window :].copy())", "ready.append(np.pad(buffer[next_start - consumed :], (0, window))[:window])",
       ("tests/test_core.py::test_windows_cover_the_track_and_end_at_its_end", "tests/test_guards.py")),
+    # ---- domain-adversarial training; installed downloads follow the catalog
+    M("domain: gradient reversal passes the gradient unreversed", "train/domain.py",
+      "return -ctx.weight * grad, None", "return ctx.weight * grad, None",
+      ("tests/test_domain.py::test_gradient_reversal_is_identity_forward_and_negates_scaled_gradients",
+       "tests/test_domain.py::test_real_windows_take_their_share_and_only_the_discriminator_sees_them")),
+    M("domain: real windows reach the tagging loss", "train/loop.py",
+      "loss = opt.loss_fn(model.network.head(features[:-n_real]).float(), y)",
+      "loss = opt.loss_fn(model.network.head(features).float(), torch.cat([y, y[:n_real]]))",
+      ("tests/test_domain.py::test_real_windows_take_their_share_and_only_the_discriminator_sees_them",)),
+    M("domain: real windows labelled as renders", "train/loop.py",
+      "is_real[len(pairs):] = 1.0", "is_real[len(x):] = 1.0",
+      ("tests/test_domain.py::test_real_windows_take_their_share_and_only_the_discriminator_sees_them",)),
+    M("domain: silent windows of real audio kept", "train/teacher.py",
+      "w = w[np.sqrt(np.mean(w**2, axis=1)) > 1e-3]", "w = w[np.sqrt(np.mean(w**2, axis=1)) >= 0]",
+      ("tests/test_domain.py::test_real_windows_skip_silence_cap_per_file_and_report_bad_files",)),
+    M("catalog: an installed download keeps the settings it was installed with", "tagger/catalog.py",
+      "    if str(model) not in DOWNLOADS:\n        return loaded", "    if True:\n        return loaded",
+      ("tests/test_catalog.py::test_an_installed_model_takes_the_catalog_settings_of_a_newer_tagger",)),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")

@@ -21,6 +21,7 @@ from tagger import catalog, efficientat
 from tagger.cli import main
 from tagger.aggregate import aggregate
 from tagger.decode import decode
+from tagger.model import load_model
 from tagger.pipeline import tag_paths
 from tagger.windows import iter_window_blocks
 
@@ -262,3 +263,26 @@ def test_real_weights_hear_a_solo_instrument(tmp_path, clip, instrument):
     (result,) = results
     assert instrument in result.instruments, result.scores
     assert max(result.scores, key=result.scores.get) == instrument, result.scores  # and it is the strongest
+
+
+def test_an_installed_model_takes_the_catalog_settings_of_a_newer_tagger(pinned, server, release_bytes, monkeypatch):
+    """Upgrading tagger is enough: the installed file's thresholds, aggregation and version
+    follow the catalog (same weights, no second download), and the file on disk is updated."""
+    server.files[pinned.filename] = release_bytes
+    assert _download().exit_code == 0
+    before = catalog.load(NAME)
+    assert before.version == catalog.MN04_VERSION
+    newer = tuple(0.3 for _ in catalog.MN04_THRESHOLDS)
+    monkeypatch.setattr(catalog, "MN04_THRESHOLDS", newer)
+    monkeypatch.setattr(catalog, "MN04_AGGREGATION", "mean")
+    monkeypatch.setattr(catalog, "MN04_VERSION", "99")
+    after = catalog.load(NAME)
+    assert (after.version, after.thresholds, after.aggregation) == ("99", list(newer), "mean")
+    assert after.model_id != before.model_id  # files tagged with the old settings get re-tagged
+    on_disk = load_model(catalog.installed_path(NAME))
+    assert (on_disk.version, on_disk.thresholds) == ("99", list(newer))
+    assert on_disk.model_id == catalog.load(NAME).model_id  # stable from then on
+    spec = torch.randn(1, 1, 128, 300)
+    with torch.no_grad():
+        assert torch.equal(after.network(spec), before.network(spec))  # the same weights
+    assert _cache_files() == [f"{NAME}.pt"]

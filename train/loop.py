@@ -32,6 +32,7 @@ from tagger.lifetime import pool_initializer
 from tagger.model import DEFAULT_ARCH, TaggerModel, new_model, save_checkpoint
 from tagger.windows import iter_window_blocks
 from train.datasets import Clip, split_clips, window_targets
+from train.domain import DomainData, DomainHead, ramp, reverse_gradient
 from train.metrics import evaluate, tune_thresholds
 
 Log = Callable[[str], None]
@@ -58,6 +59,8 @@ class TrainConfig:
     teacher_fraction: float = 0.25  # share of each batch drawn from teacher windows, when given
     balance_sources: bool = False  # draw each window's source (font family, dataset) uniformly first
     noise: float = 0.0  # probability that a window gets background noise (see add_noise)
+    domain_fraction: float = 0.25  # share of each batch drawn from real, unlabelled windows, when given
+    domain_weight: float = 0.3  # gradient-reversal weight at the end of DANN's ramp (train.domain)
 
 
 @dataclass
@@ -216,20 +219,26 @@ class _Optimisation:
     total_steps: int
     steps_per_epoch: int
     device: torch.device
+    domain_head: DomainHead | None = None  # with domain data: render-vs-real discriminator
+    domain_hits: list[float] = field(default_factory=list)  # its accuracy per batch, this epoch
 
 
 def _train_step(opt: _Optimisation, global_step: int, train_audio: Sequence[_Audio], rng: random.Random,
-                teacher: TeacherData | None = None, by_source: Sequence[Sequence[_Audio]] | None = None) -> float:
+                teacher: TeacherData | None = None, by_source: Sequence[Sequence[_Audio]] | None = None,
+                domain: DomainData | None = None) -> float:
     """One batch: random windows, mixup, background noise, random gain, SpecAugment, AdamW step.
-    With a teacher, ``teacher_fraction`` of the batch are real windows with soft targets."""
+    With a teacher, ``teacher_fraction`` of the batch are real windows with soft targets. With
+    domain data, ``domain_fraction`` are real windows without targets that only the
+    render-vs-real discriminator sees (through gradient reversal, train.domain)."""
     model, config, dev = opt.model, opt.config, opt.device
     for group in opt.optimizer.param_groups:
         group["lr"] = _lr_at(global_step, opt.total_steps, config.warmup_epochs * opt.steps_per_epoch, config.lr)
     n_teacher = int(round(config.batch_size * config.teacher_fraction)) if teacher is not None else 0
+    n_real = int(round(config.batch_size * config.domain_fraction)) if domain is not None else 0
     def pick() -> _Audio:  # balanced: a small source (one font family) weighs as much as a big one
         return rng.choice(rng.choice(by_source)) if by_source else rng.choice(train_audio)
 
-    pairs = [_random_window(pick(), model.labels, model.features, rng) for _ in range(config.batch_size - n_teacher)]
+    pairs = [_random_window(pick(), model.labels, model.features, rng) for _ in range(config.batch_size - n_teacher - n_real)]
     x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
     y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
     if rng.random() < config.mixup:
@@ -243,13 +252,27 @@ def _train_step(opt: _Optimisation, global_step: int, train_audio: Sequence[_Aud
         drawn = [rng.randrange(len(teacher.windows)) for _ in range(n_teacher)]
         x = torch.cat([x, torch.from_numpy(teacher.windows[drawn]).to(dev)])
         y = torch.cat([y, torch.from_numpy(teacher.targets[drawn]).to(dev)])
+    if n_real:
+        drawn = [rng.randrange(len(domain.windows)) for _ in range(n_real)]
+        x = torch.cat([x, torch.from_numpy(domain.windows[drawn]).to(dev)])
     x = x * torch.empty(len(x), 1, device=dev).uniform_(0.25, 1.5)  # random gain
     with torch.autocast(dev.type, enabled=opt.scaler.is_enabled(), dtype=torch.float16):
         spec = model.front(x)
         if config.spec_augment:
             for mask in opt.masks:
                 spec = mask(spec)
-        loss = opt.loss_fn(model.network(spec).float(), y)
+        if n_real:
+            features = model.network.embed(spec)
+            loss = opt.loss_fn(model.network.head(features[:-n_real]).float(), y)
+            # Real: the domain windows and any teacher windows; rendered: the rest.
+            is_real = torch.zeros(len(x), device=dev)
+            is_real[len(pairs):] = 1.0
+            weight = config.domain_weight * ramp(global_step / max(1, opt.total_steps))
+            domain_logits = opt.domain_head(reverse_gradient(features, weight)).float()
+            loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(domain_logits, is_real)
+            opt.domain_hits.append(((domain_logits > 0).float() == is_real).float().mean().item())
+        else:
+            loss = opt.loss_fn(model.network(spec).float(), y)
     opt.optimizer.zero_grad(set_to_none=True)
     opt.scaler.scale(loss).backward()
     opt.scaler.step(opt.optimizer)
@@ -272,11 +295,13 @@ def train_model(
     log: Log = print,
     teacher: TeacherData | None = None,
     init: TaggerModel | None = None,
+    domain: DomainData | None = None,
 ) -> TaggerModel:
     """Train on ``clips`` (validation split by group unless given) and write ``out``.
     ``teacher``: real windows with teacher targets mixed into every batch (validation,
     checkpoint choice and thresholds still use the labelled validation clips only).
-    ``init``: start from this model's weights (same architecture, labels and features)."""
+    ``init``: start from this model's weights (same architecture, labels and features).
+    ``domain``: real, unlabelled windows for render-vs-real invariance (train.domain)."""
     config = config or TrainConfig()
     features = features or FeatureConfig()
     labels = list(labels)
@@ -305,7 +330,15 @@ def train_model(
         model.network.load_state_dict(init.network.state_dict())
     model.to(dev)
     net = model.network
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    domain_head = None
+    if domain is not None:
+        if not hasattr(net, "embed"):
+            raise ValueError(f"domain-adversarial training needs the tagnet architecture, not {config.arch}")
+        with torch.no_grad():
+            width = net.embed(model.front(torch.zeros(1, features.window_samples, device=dev))).shape[1]
+        domain_head = DomainHead(width).to(dev)
+    trained = list(net.parameters()) + (list(domain_head.parameters()) if domain_head is not None else [])
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=_pos_weight(train_audio, labels).to(dev))
     freq_mask = torchaudio.transforms.FrequencyMasking(freq_mask_param=max(1, features.n_mels // 8), iid_masks=True)
     time_mask = torchaudio.transforms.TimeMasking(time_mask_param=max(1, features.n_frames // 8), iid_masks=True)
@@ -318,6 +351,8 @@ def train_model(
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         net.load_state_dict(state["network"])
+        if domain_head is not None:
+            domain_head.load_state_dict(state["domain_head"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_map, best_epoch = state["epoch"] + 1, state["best_map"], state["best_epoch"]
         history = list(state["history"])
@@ -325,7 +360,7 @@ def train_model(
         log(f"resumed from {state_path} at epoch {start_epoch}")
 
     opt = _Optimisation(model, optimizer, scaler, loss_fn, (freq_mask, time_mask), config, total_steps,
-                        steps_per_epoch, dev)
+                        steps_per_epoch, dev, domain_head)
     val_targets = _clip_targets(val_audio, labels)
     by_source = None
     if config.balance_sources:
@@ -343,25 +378,32 @@ def train_model(
             task = bar.add_task("train", total=steps_per_epoch, epoch=epoch + 1)
             for step in range(steps_per_epoch):
                 bar.advance(task)
-                epoch_loss += _train_step(opt, epoch * steps_per_epoch + step, train_audio, rng, teacher, by_source)
+                epoch_loss += _train_step(opt, epoch * steps_per_epoch + step, train_audio, rng, teacher, by_source, domain)
             bar.remove_task(task)
+        domain_accuracy = float(np.mean(opt.domain_hits)) if opt.domain_hits else None
+        opt.domain_hits.clear()
 
         window_probs = predict_clips(model, val_audio, dev)
         val_map = max(
             evaluate(val_targets, score_clips(window_probs, m, model.topk), labels, [0.5] * len(labels))["map"] or 0.0
             for m in SHIPPED_AGGREGATIONS
         )
-        history.append({"epoch": epoch, "loss": epoch_loss / steps_per_epoch, "val_map": val_map})
+        history.append({"epoch": epoch, "loss": epoch_loss / steps_per_epoch, "val_map": val_map,
+                        **({"domain_accuracy": round(domain_accuracy, 4)} if domain_accuracy is not None else {})})
         improved = val_map > best_map
         if improved:
             best_map, best_epoch = val_map, epoch
             save_checkpoint(model, f"{out}.best")
         log(
             f"epoch {epoch + 1}/{config.epochs}: loss {epoch_loss / steps_per_epoch:.4f}, "
-            f"val mAP {val_map:.3f}{' *' if improved else ''} ({time.perf_counter() - t_epoch:.0f} s)"
+            f"val mAP {val_map:.3f}{' *' if improved else ''}"
+            + (f", render-vs-real accuracy {domain_accuracy:.2f}" if domain_accuracy is not None else "")
+            + f" ({time.perf_counter() - t_epoch:.0f} s)"
         )
         state = {"network": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                  "best_map": best_map, "best_epoch": best_epoch, "history": history}
+        if domain_head is not None:
+            state["domain_head"] = domain_head.state_dict()
         tmp = state_path.with_name(state_path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, state_path)
@@ -381,6 +423,7 @@ def train_model(
         "init": f"{init.model_id} ({init.path})" if init is not None else None,
         "train_clips": len(train_audio),
         "teacher": teacher.info if teacher is not None else None,
+        "domain": domain.info if domain is not None else None,
         "validation_clips": len(val_audio),
         "best_epoch": best_epoch + 1,
         "history": history,

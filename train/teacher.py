@@ -74,6 +74,19 @@ class Mn04Teacher:
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
 
+def even_windows(audio: np.ndarray, size: int, max_windows: int) -> np.ndarray:
+    """Non-overlapping ``size``-sample windows of ``audio`` without the silent ones; at most
+    ``max_windows``, evenly spaced over the file, so a long file does not dominate."""
+    n = len(audio) // size
+    if n == 0:
+        return np.zeros((0, size), np.float32)
+    w = audio[: n * size].reshape(n, size)
+    w = w[np.sqrt(np.mean(w**2, axis=1)) > 1e-3]
+    if len(w) > max_windows:
+        w = w[np.linspace(0, len(w) - 1, max_windows).round().astype(int)]
+    return w
+
+
 def _cache_key(files: Sequence[Path], teacher: Mn04Teacher, window_s: float, rate: int, max_windows: int) -> str:
     h = hashlib.sha256()
     for f in files:
@@ -108,13 +121,7 @@ def teacher_windows(dirs: Sequence[str | os.PathLike], teacher: Mn04Teacher, lab
         except (DecodeError, OSError) as exc:
             log(f"teacher: skipped {path}: {exc}")
             continue
-        n = len(audio) // size_t
-        if n == 0:
-            continue
-        w = audio[: n * size_t].reshape(n, size_t)
-        w = w[np.sqrt(np.mean(w**2, axis=1)) > 1e-3]
-        if len(w) > max_windows_per_file:
-            w = w[np.linspace(0, len(w) - 1, max_windows_per_file).round().astype(int)]
+        w = even_windows(audio, size_t, max_windows_per_file)
         if not len(w):
             continue
         probs.append(teacher.probs(np.ascontiguousarray(w)))
