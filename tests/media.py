@@ -260,3 +260,21 @@ def decoded_audio(path: Path) -> np.ndarray:
         stream = container.streams.audio[0]
         parts = [frame.to_ndarray() for frame in container.decode(stream)]
     return np.concatenate(parts, axis=1) if parts else np.zeros((1, 0))
+
+
+def render_with_real_stand_ins(root: Path) -> tuple[Path, Path]:
+    """Six 4-s rendered tracks in ``root/rendered`` and copies of the first two mixes in
+    ``root/real``: the "real, unlabelled audio" of the teacher and domain training tests."""
+    from click.testing import CliRunner
+
+    from tagger.cli import main
+
+    data = root / "rendered"
+    result = CliRunner().invoke(main, ["dataset", "render", str(data), "--tracks", "6", "--seconds", "4", "--jobs", "1",
+                                       "--seed", "5"])
+    assert result.exit_code == 0, result.stderr
+    real = root / "real"
+    real.mkdir()
+    for k, track in enumerate(sorted(data.glob("Track*"))[:2]):
+        (real / f"song{k}.flac").write_bytes((track / "mix.flac").read_bytes())
+    return data, real

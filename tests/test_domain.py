@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
+from media import render_with_real_stand_ins
 from tagger.cli import main
 from tagger.model import load_model, new_model
 from train import loop
@@ -86,7 +87,7 @@ def test_real_windows_take_their_share_and_only_the_discriminator_sees_them() ->
     assert len(hits) == 1 and 0.0 <= hits[0] <= 1.0  # the discriminator judged the batch
     assert head_grad.abs().sum() > 0
     # Reversal: the discriminator's pull on the features flips sign with the weight.
-    y0, _, stem0, _ = _step(domain, weight=0.0)
+    _, _, stem0, _ = _step(domain, weight=0.0)
     _, _, stem_neg, _ = _step(domain, weight=-1.0)
     assert torch.allclose((stem_grad - stem0), -(stem_neg - stem0), atol=1e-6)
     assert not torch.allclose(stem_grad, stem0)
@@ -96,14 +97,7 @@ def test_real_windows_take_their_share_and_only_the_discriminator_sees_them() ->
 
 @pytest.mark.slow
 def test_train_with_domain_audio_end_to_end(tmp_path) -> None:
-    data = tmp_path / "rendered"
-    result = CliRunner().invoke(main, ["dataset", "render", str(data), "--tracks", "6", "--seconds", "4", "--jobs", "1",
-                                       "--seed", "5"])
-    assert result.exit_code == 0, result.stderr
-    real = tmp_path / "real"
-    real.mkdir()
-    for k, track in enumerate(sorted(data.glob("Track*"))[:2]):
-        (real / f"song{k}.flac").write_bytes((track / "mix.flac").read_bytes())
+    data, real = render_with_real_stand_ins(tmp_path)
     out = tmp_path / "invariant.pt"
     args = ["train", str(data), "--out", str(out), "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8",
             "--widths", "8,16", "--window-seconds", "2", "--jobs", "1", "--domain-audio", str(real)]

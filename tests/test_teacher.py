@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from media import render_with_real_stand_ins
 from tagger.cli import main
 from tagger.model import load_model, new_model
 from train import loop
@@ -61,14 +62,7 @@ def test_train_with_a_teacher_end_to_end(tmp_path) -> None:
     weights = tmp_path / "mn04-random.pt"
     torch.manual_seed(0)
     torch.save(Mn04().network.net.state_dict(), weights)
-    data = tmp_path / "rendered"
-    result = CliRunner().invoke(main, ["dataset", "render", str(data), "--tracks", "6", "--seconds", "4", "--jobs", "1",
-                                       "--seed", "5"])
-    assert result.exit_code == 0, result.stderr
-    real = tmp_path / "real"
-    real.mkdir()
-    for k, track in enumerate(sorted(data.glob("Track*"))[:2]):
-        (real / f"song{k}.flac").write_bytes((track / "mix.flac").read_bytes())
+    data, real = render_with_real_stand_ins(tmp_path)
     out = tmp_path / "student.pt"
     args = ["train", str(data), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
             "--widths", "8,16", "--window-seconds", "2", "--jobs", "1", "--teacher", "efficientat-mn04",
