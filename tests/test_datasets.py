@@ -278,3 +278,46 @@ def test_medley_solos_fixture() -> None:
 def test_unknown_format_raises(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown dataset format"):
         load_dataset(tmp_path, format="openmic")
+
+
+# --------------------------------------------------------------------------- bench/real_sounds.py
+
+def _real_sounds_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "real_sounds.py"
+    spec = importlib.util.spec_from_file_location("real_sounds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_real_sounds_table_uses_our_labels_and_leaves_real_dev_out():
+    real_sounds = _real_sounds_module()
+    names = [name for _, name, _ in real_sounds.SOUNDS]
+    assert len(names) == len(set(names))
+    for _, _, labels in real_sounds.SOUNDS:
+        assert all(label in LABELS for label in filter(None, labels.split(";")))
+    assert not [n for n in names if "amen" in n]  # real-dev holds Sonic Pi's amen break
+
+
+def test_real_sounds_manifest_from_unpacked_packages(tmp_path):
+    """build() on unpacked packages (no download): a manifest load_manifest reads, with the
+    table's labels, non-instrument sounds unlabelled and too-short sounds left out."""
+    real_sounds = _real_sounds_module()
+    rate = 16000
+    short = real_sounds.SOUNDS[0][1]
+    for (package, folder, _), name, _ in real_sounds.SOUNDS:
+        path = tmp_path / package / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seconds = 0.3 if name == short else 1.0
+        fmt = "OGG" if name.endswith(".ogg") else "FLAC"
+        sf.write(path, 0.1 * np.sin(np.arange(int(rate * seconds)) * 0.1), rate, format=fmt)
+    count = real_sounds.build(tmp_path)
+    clips = load_manifest(tmp_path / "labels.csv", labels=LABELS)
+    assert count == len(clips) == len(real_sounds.SOUNDS) - 1
+    expected = {Path(name).name: labels for _, name, labels in real_sounds.SOUNDS if name != short}
+    for clip in clips:
+        assert Path(clip.path).is_file()
+        assert ";".join(clip.labels) == expected[Path(clip.path).name]
+    assert any(not clip.labels for clip in clips)

@@ -63,7 +63,7 @@ class Mn04Teacher:
         self.sample_rate = SAMPLE_RATE
         if thresholds is None:
             try:
-                from tagger.catalog import MN04_THRESHOLDS as thresholds  # chosen on renders, not real-dev
+                from tagger.catalog import MN04_THRESHOLDS as thresholds  # chosen on real recordings, not real-dev
             except ImportError:
                 thresholds = (0.2,) * len(self.labels)  # the global threshold
         self.thresholds = [float(t) for t in thresholds]
