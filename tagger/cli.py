@@ -587,8 +587,9 @@ def dataset() -> None:
 @click.option("--production", is_flag=True, help="Denser production chain: compression, limiting, more reverb/EQ/codecs.")
 @click.option("--solo-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of generated tracks forced to one or two parts.")
 @click.option("--expression", is_flag=True, help="Players shape their notes: vibrato, scoops, intonation, guitar bends, swells.")
+@click.option("--strumming", is_flag=True, help="Guitar chord parts may strum: 8th/16th down and up strokes, some muted.")
 def dataset_render(out_dir, tracks, soundfonts, seconds, sample_rate, midi_dir, seed, start_index, jobs, no_augment,
-                   production, solo_fraction, expression) -> None:
+                   production, solo_fraction, expression, strumming) -> None:
     """Render MIDI with SoundFonts into a labelled dataset in the Slakh2100 layout."""
     render = _import_train("train.render")
     found = render.find_soundfonts()
@@ -599,7 +600,7 @@ def dataset_render(out_dir, tracks, soundfonts, seconds, sample_rate, midi_dir, 
         written = render.render_dataset(
             out_dir, n_tracks=tracks, soundfonts=fonts, seed=seed, seconds=seconds, sample_rate=sample_rate,
             midi_dir=midi_dir, jobs=jobs, start_index=start_index, progress=True, augment=not no_augment,
-            production=production, solo=solo_fraction, expression=expression,
+            production=production, solo=solo_fraction, expression=expression, strumming=strumming,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -203,6 +203,22 @@ MUTATIONS: list[Mutation] = [
     M("catalog: an installed download keeps the settings it was installed with", "tagger/catalog.py",
       "    if str(model) not in DOWNLOADS:\n        return loaded", "    if True:\n        return loaded",
       ("tests/test_catalog.py::test_an_installed_model_takes_the_catalog_settings_of_a_newer_tagger",)),
+    # ---- real-sounds set, strumming
+    M("real-sounds: sounds shorter than half a second kept", "bench/real_sounds.py",
+      "        if duration < MIN_SECONDS:", "        if duration < 0:",
+      ("tests/test_datasets.py::test_real_sounds_manifest_from_unpacked_packages",)),
+    M("real-sounds: non-instrument sounds get a label", "bench/real_sounds.py",
+      '"labels": labels, "source"', '"labels": labels or "drums", "source"',
+      ("tests/test_datasets.py::test_real_sounds_manifest_from_unpacked_packages",)),
+    M("strumming: up strokes played from the bottom string", "train/arrange.py",
+      "enumerate(notes if down else notes[::-1])", "enumerate(notes)",
+      ("tests/test_render.py::test_strumming_up_strokes_and_muted_strokes_only_when_asked",)),
+    M("strumming: no muted strokes", "train/arrange.py",
+      "muted = rng.random() < mute", "muted = rng.random() < 0",
+      ("tests/test_render.py::test_strumming_up_strokes_and_muted_strokes_only_when_asked",)),
+    M("strumming: the flag is ignored", "train/arrange.py",
+      "    if song.strumming and part.inst.program in _GUITARS", "    if False and part.inst.program in _GUITARS",
+      ("tests/test_render.py::test_strumming_up_strokes_and_muted_strokes_only_when_asked",)),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")

@@ -182,6 +182,42 @@ def test_arrangements() -> None:
     assert set(LABELS) == set(stats["label_positive_rate"])
 
 
+def _strokes(inst: pretty_midi.Instrument, gap: float = 0.05) -> list[list[pretty_midi.Note]]:
+    """Notes grouped into chord strokes: onsets closer than ``gap`` belong to one stroke."""
+    strokes: list[list[pretty_midi.Note]] = []
+    for note in sorted(inst.notes, key=lambda n: n.start):
+        if strokes and note.start - strokes[-1][0].start < gap:
+            strokes[-1].append(note)
+        else:
+            strokes.append([note])
+    return [s for s in strokes if len(s) >= 3]
+
+
+def _guitar_chord_parts(strumming: bool, n: int = 60) -> list[pretty_midi.Instrument]:
+    parts = []
+    for i in range(n):
+        pm = generate_arrangement(np.random.default_rng([4, i]), seconds=8.0, strumming=strumming)
+        parts += [inst for inst in pm.instruments if inst.program in range(24, 32) and inst.name.startswith("chords")]
+    return parts
+
+
+def test_strumming_up_strokes_and_muted_strokes_only_when_asked() -> None:
+    def up(stroke):  # played from the top string down
+        return [n.pitch for n in stroke] == sorted((n.pitch for n in stroke), reverse=True)
+
+    plain = [s for inst in _guitar_chord_parts(False) for s in _strokes(inst)]
+    strummed_parts = _guitar_chord_parts(True)
+    strummed = [s for inst in strummed_parts for s in _strokes(inst)]
+    assert plain and strummed
+    assert not any(up(s) for s in plain)  # the plain arranger only strums down
+    assert sum(up(s) for s in strummed) > 0.2 * len(strummed)
+    muted = [s for s in strummed if s[0].end - s[0].start < 0.075]  # damped at once; a 16th lasts longer
+    assert 0.02 * len(strummed) < len(muted) < 0.5 * len(strummed)
+    # strokes on a grid of 8ths or 16ths: many more strokes per part than the plain comping
+    assert len(strummed) / len(strummed_parts) > 1.5 * len(plain) / len(_guitar_chord_parts(False))
+
+
+
 def test_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import av
 

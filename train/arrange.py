@@ -158,6 +158,7 @@ class _Song:
     chords: list[list[int]]  # per bar: chord pitch classes, root first
     swing: float  # seconds added to off-beat 8ths
     density: float  # 0..1
+    strumming: bool = False  # guitars may strum (train.arrange._strum)
 
     @property
     def steps(self) -> int:  # 16th steps per bar
@@ -269,6 +270,9 @@ def _active_bars(rng: Rng, n_bars: int, allow_dropout: bool) -> list[bool]:
 
 def _comp(part: _Part, song: _Song, active: list[bool], voices: int, with_bass: bool) -> None:
     rng = song.rng
+    if song.strumming and part.inst.program in _GUITARS and rng.random() < STRUM_SHARE:
+        _strum(part, song, active, voices)
+        return
     s = song.steps
     patterns = (
         [(0, s)], [(i, 4) for i in range(0, s, 4)], [(i, 2) for i in range(0, s, 2)],
@@ -299,6 +303,38 @@ def _comp(part: _Part, song: _Song, active: list[bool], voices: int, with_bass: 
             t = song.time(bar, 0) + 0.01
             part.inst.control_changes.append(pretty_midi.ControlChange(64, 100, t))
             part.inst.control_changes.append(pretty_midi.ControlChange(64, 0, song.time(bar + 1, 0) - 0.02))
+
+
+_GUITARS = range(24, 32)
+STRUM_SHARE = 0.7  # of guitar chord parts, with strumming on
+
+
+def _strum(part: _Part, song: _Song, active: list[bool], voices: int) -> None:
+    """A strumming guitarist: strokes on an 8th or 16th grid, down and up alternating (an up
+    stroke plays the voicing from the top, faster and softer), beats accented, some strokes
+    skipped, and some muted: the fretting hand damps the strings, so the stroke is a short
+    percussive "chk". Real strummed guitars are broadband and rhythmic; a model that never
+    heard one calls it drums."""
+    rng = song.rng
+    s = song.steps
+    sub = 2 if rng.random() < 0.6 else 1  # 8ths or 16ths
+    spread = float(rng.uniform(0.006, 0.02))  # seconds between strings in a stroke
+    skip, mute = float(rng.uniform(0.05, 0.3)), float(rng.uniform(0.0, 0.35))
+    center = part.low + (part.high - part.low) * float(rng.uniform(0.3, 0.5))
+    for bar, on in enumerate(active):
+        if not on:
+            continue
+        notes = _voicing(song.chords[bar], center, part.low, part.high, max(voices, 4))
+        for step in range(0, s, sub):
+            if step % 4 and rng.random() < skip:
+                continue
+            down = (step // sub) % 2 == 0
+            t0 = song.time(bar, step)
+            muted = rng.random() < mute
+            t1 = t0 + float(rng.uniform(0.03, 0.07)) if muted else song.time(bar, step + sub)
+            accent = (8 if step % 4 == 0 else 0) - (0 if down else 8) + (6 if muted else 0)
+            for k, p in enumerate(notes if down else notes[::-1]):
+                part.add(p, t0 + k * spread * (1.0 if down else 0.7), t1, accent=accent)
 
 
 def _bass(part: _Part, song: _Song, active: list[bool]) -> None:
@@ -422,8 +458,10 @@ def _drums(part: _Part, song: _Song, active: list[bool]) -> None:
                 part.add(_TOMS[min(k + int(rng.integers(2)), 5)], song.time(bar, step), song.time(bar, step) + 0.25)
 
 
-def generate_arrangement(rng: Rng, *, seconds: float = 10.0, n_parts: int | None = None) -> pretty_midi.PrettyMIDI:
-    """A random multi-track arrangement of ``seconds`` length (``n_parts`` forces the size)."""
+def generate_arrangement(rng: Rng, *, seconds: float = 10.0, n_parts: int | None = None,
+                         strumming: bool = False) -> pretty_midi.PrettyMIDI:
+    """A random multi-track arrangement of ``seconds`` length (``n_parts`` forces the size;
+    ``strumming``: guitar chord parts may strum, see ``_strum``)."""
     tempo = float(np.clip(rng.normal(112, 22), 66, 172))
     beat = 60.0 / tempo
     meter = 3 if rng.random() < 0.1 else 4
@@ -439,7 +477,7 @@ def generate_arrangement(rng: Rng, *, seconds: float = 10.0, n_parts: int | None
         degrees = (d, d + 2, d + 4, d + 6) if sevenths else (d, d + 2, d + 4)
         chords.append([(root + scale[x % 7]) % 12 for x in degrees])
     swing = beat / 6 if rng.random() < 0.12 else 0.0
-    song = _Song(rng, seconds, beat, meter, n_bars, root, scale, chords, swing, float(rng.uniform(0.3, 1.0)))
+    song = _Song(rng, seconds, beat, meter, n_bars, root, scale, chords, swing, float(rng.uniform(0.3, 1.0)), strumming)
 
     n = int(n_parts) if n_parts else int(rng.choice(_PART_COUNTS, p=_PART_PROBS))
     roles = _roles(rng, n)

@@ -250,14 +250,15 @@ def _midi_files(midi_dir: str) -> list[Path]:
 
 
 def _source(rng: np.random.Generator, seconds: float, files: list[Path],
-            solo: float = 0.0) -> tuple[pretty_midi.PrettyMIDI, str | None]:
+            solo: float = 0.0, strumming: bool = False) -> tuple[pretty_midi.PrettyMIDI, str | None]:
     """The track's MIDI: a generated arrangement, or a random excerpt of a user file.
     ``solo``: the share of generated tracks forced to one or two parts (real libraries hold
     many solo recordings; the arranger alone makes ~14 % solos and duos)."""
     if not files:
         if solo and rng.random() < solo:
-            return generate_arrangement(rng, seconds=seconds, n_parts=1 if rng.random() < 0.7 else 2), None
-        return generate_arrangement(rng, seconds=seconds), None
+            return generate_arrangement(rng, seconds=seconds, n_parts=1 if rng.random() < 0.7 else 2,
+                                        strumming=strumming), None
+        return generate_arrangement(rng, seconds=seconds, strumming=strumming), None
     for _ in range(20):
         path = files[int(rng.integers(len(files)))]
         try:
@@ -289,10 +290,10 @@ def _write_flac(path: Path, audio: np.ndarray, rate: int) -> None:
 
 def _render_track(out_dir: str, index: int, seed: int, fonts: Sequence[str], seconds: float,
                   sample_rate: int, files: list[Path], augment: bool, production: bool = False,
-                  solo: float = 0.0, expression: bool = False) -> Path:
+                  solo: float = 0.0, expression: bool = False, strumming: bool = False) -> Path:
     torch.set_num_threads(1)  # one track per core; keep the shared machine light
     rng, font, rate = _track_plan(seed, index, fonts, augment, sample_rate)
-    midi, source = _source(rng, seconds, files, solo)
+    midi, source = _source(rng, seconds, files, solo, strumming)
     mix = render_midi(midi, font, sample_rate=sample_rate, rng=rng, seconds=seconds, augment=augment,
                       render_sample_rate=rate, production=production, expression=expression)
     tdir = track_dir(out_dir, index)
@@ -348,7 +349,8 @@ def _render_track(out_dir: str, index: int, seed: int, fonts: Sequence[str], sec
 def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[str], seed: int = 0,
                    seconds: float = 10.0, sample_rate: int = 16000, midi_dir: str | None = None,
                    jobs: int = 1, start_index: int = 0, progress: bool = True, augment: bool = True,
-                   production: bool = False, solo: float = 0.0, expression: bool = False) -> list[Path]:
+                   production: bool = False, solo: float = 0.0, expression: bool = False,
+                   strumming: bool = False) -> list[Path]:
     """Render tracks ``start_index .. start_index+n_tracks-1`` into ``out_dir`` (Slakh layout).
 
     Track i is seeded from (seed, i) and uses ``soundfonts[i % len(soundfonts)]``; tracks
@@ -367,13 +369,13 @@ def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[s
     indices = list(range(start_index, start_index + n_tracks))
     info = {"n_tracks": n_tracks, "start_index": start_index, "seed": seed, "seconds": seconds,
             "sample_rate": sample_rate, "augment": augment, "production": production, "solo": solo,
-            "expression": expression, "midi_dir": midi_dir,
+            "expression": expression, "strumming": strumming, "midi_dir": midi_dir,
             "soundfonts": [{"spec": f, "name": soundfont_name(f), "family": soundfont_family(f)} for f in fonts]}
     (out / "render_info.json").write_text(json.dumps(info, indent=2))
     todo = [i for i in indices if not (track_dir(out, i) / "metadata.yaml").exists()]
     # group by (font, render rate) so each worker rarely reloads a big font
     todo.sort(key=lambda i: (_track_plan(seed, i, fonts, augment, sample_rate)[1:], i))
-    args = (seed, fonts, seconds, sample_rate, files, augment, production, solo, expression)
+    args = (seed, fonts, seconds, sample_rate, files, augment, production, solo, expression, strumming)
     with Progress(console=Console(stderr=True), disable=not progress, transient=False) as bar:
         task = bar.add_task("rendering", total=len(todo))
         if jobs == 1:
