@@ -8,13 +8,14 @@ for evaluation only. This set is the one labelled real audio that the package re
 give: the instrument samples, loops and phrases that LMMS (lmms-common) and Sonic Pi
 (sonic-pi-samples, CC0, freesound) ship, labelled by their file names. They are single notes,
 chords, short phrases and drum loops, mostly solo; a few non-instrument sounds (applause,
-breath, a crow, vinyl hiss, a choir) carry no label, so false alarms count too. Nothing
+breath, a crowd, vinyl hiss, a choir) carry no label, so false alarms count too. Nothing
 that real-dev holds is here: Sonic Pi's two amen-break loops are left out (real-dev has one),
 and no file of these packages comes from real-dev's sources.
 
-Only sounds whose name says the instrument without doubt are kept (distorted "steel"
-guitars, synth basses, tabla, pads named after no synth are not), and sounds shorter than
-0.5 s are skipped. The audio stays where the packages put it, outside the repository.
+Only sounds whose name says the instrument without doubt are kept (LMMS's "steel"
+guitars, which may be lap steels, synth basses, tabla, pads named after no synth are not),
+and sounds shorter than 0.5 s are skipped. The audio stays where the packages put it,
+outside the repository.
 """
 from __future__ import annotations
 
@@ -44,7 +45,6 @@ SOUNDS: tuple[tuple[tuple[str, str, str], str, str], ...] = (
     (LMMS, "instruments/flute01.ogg", "flute"),
     (LMMS, "instruments/piano01.ogg", "piano"),
     (LMMS, "instruments/piano02.ogg", "piano"),
-    (LMMS, "instruments/steel_guitar01.ogg", "acoustic guitar"),
     (LMMS, "instruments/trumpet01.ogg", "trumpet"),
     (LMMS, "instruments/violin_double_stop01.ogg", "violin"),
     (LMMS, "instruments/violin_fingered01.ogg", "violin"),
