@@ -268,6 +268,10 @@ def _active_bars(rng: Rng, n_bars: int, allow_dropout: bool) -> list[bool]:
     return active
 
 
+_GUITARS = range(24, 32)  # GM guitar programs
+STRUM_SHARE = 0.7  # of guitar chord parts, with strumming on
+
+
 def _comp(part: _Part, song: _Song, active: list[bool], voices: int, with_bass: bool) -> None:
     rng = song.rng
     if song.strumming and part.inst.program in _GUITARS and rng.random() < STRUM_SHARE:
@@ -283,7 +287,7 @@ def _comp(part: _Part, song: _Song, active: list[bool], voices: int, with_bass: 
     probs = np.array([0.2, 0.25, 0.15, 0.15, 0.1, 0.15]) + np.array([0, 0, 1, 0, 1, 0]) * song.density * 0.1
     pattern = patterns[int(rng.choice(len(patterns), p=probs / probs.sum()))]
     legato = float(rng.uniform(0.5, 1.0))
-    strum = float(rng.uniform(0.008, 0.025)) if part.inst.program in range(24, 32) else 0.0
+    strum = float(rng.uniform(0.008, 0.025)) if part.inst.program in _GUITARS else 0.0
     center = part.low + (part.high - part.low) * float(rng.uniform(0.35, 0.55))
     pedal = part.inst.program < 8 and rng.random() < 0.35
     for bar, on in enumerate(active):
@@ -305,16 +309,12 @@ def _comp(part: _Part, song: _Song, active: list[bool], voices: int, with_bass: 
             part.inst.control_changes.append(pretty_midi.ControlChange(64, 0, song.time(bar + 1, 0) - 0.02))
 
 
-_GUITARS = range(24, 32)
-STRUM_SHARE = 0.7  # of guitar chord parts, with strumming on
-
-
 def _strum(part: _Part, song: _Song, active: list[bool], voices: int) -> None:
     """A strumming guitarist: strokes on an 8th or 16th grid, down and up alternating (an up
     stroke plays the voicing from the top, faster and softer), beats accented, some strokes
     skipped, and some muted: the fretting hand damps the strings, so the stroke is a short
-    percussive "chk". Real strummed guitars are broadband and rhythmic; a model that never
-    heard one calls it drums."""
+    percussive "chk". Real strummed guitars are broadband and rhythmic, and default 5 calls
+    them drums (this alone did not change that: the model card's stage L)."""
     rng = song.rng
     s = song.steps
     sub = 2 if rng.random() < 0.6 else 1  # 8ths or 16ths
