@@ -64,6 +64,7 @@ def main() -> None:
     real_t, render_t = _clip_targets(real_audio, labels), _clip_targets(render_audio, labels)
     shipped = np.asarray(model.thresholds)
     halves = np.arange(len(real_t)) % 2 == 0
+    everything = np.ones(len(real_t), bool)
     print(f"{len(real_t)} real clips, {len(render_t)} validation renders; model {model.name} {model.version}")
 
     rows = {}
@@ -80,7 +81,6 @@ def main() -> None:
             tuners = {"A shipped": lambda on: shipped, **tuners}
         for name, tuner in tuners.items():
             cross = np.mean([micro_f1(real_t[~on], real_s[~on], tuner(on)) for on in (halves, ~halves)])
-            everything = np.ones(len(real_t), bool)
             thresholds = tuner(everything)
             rows[(name, method)] = (cross, micro_f1(real_t, real_s, thresholds),
                                     micro_f1(render_t, render_s, thresholds), thresholds)

@@ -205,8 +205,8 @@ def test_strumming_up_strokes_and_muted_strokes_only_when_asked() -> None:
     def up(stroke):  # played from the top string down
         return [n.pitch for n in stroke] == sorted((n.pitch for n in stroke), reverse=True)
 
-    plain = [s for inst in _guitar_chord_parts(False) for s in _strokes(inst)]
-    strummed_parts = _guitar_chord_parts(True)
+    plain_parts, strummed_parts = _guitar_chord_parts(False), _guitar_chord_parts(True)
+    plain = [s for inst in plain_parts for s in _strokes(inst)]
     strummed = [s for inst in strummed_parts for s in _strokes(inst)]
     assert plain and strummed
     assert not any(up(s) for s in plain)  # the plain arranger only strums down
@@ -214,8 +214,7 @@ def test_strumming_up_strokes_and_muted_strokes_only_when_asked() -> None:
     muted = [s for s in strummed if s[0].end - s[0].start < 0.075]  # damped at once; a 16th lasts longer
     assert 0.02 * len(strummed) < len(muted) < 0.5 * len(strummed)
     # strokes on a grid of 8ths or 16ths: many more strokes per part than the plain comping
-    assert len(strummed) / len(strummed_parts) > 1.5 * len(plain) / len(_guitar_chord_parts(False))
-
+    assert len(strummed) / len(strummed_parts) > 1.5 * len(plain) / len(plain_parts)
 
 
 def test_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
