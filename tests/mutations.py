@@ -219,6 +219,13 @@ MUTATIONS: list[Mutation] = [
     M("strumming: the flag is ignored", "train/arrange.py",
       "    if song.strumming and part.inst.program in _GUITARS", "    if False and part.inst.program in _GUITARS",
       ("tests/test_render.py::test_strumming_up_strokes_and_muted_strokes_only_when_asked",)),
+    # ---- model soup (bench/soup.py)
+    M("soup: the first model's weights instead of the mean", "bench/soup.py",
+      "torch.stack([s[key] for s in states]).mean(dim=0)", "states[0][key].clone()",
+      ("tests/test_train.py::test_soup_is_the_mean_of_every_float_tensor_and_refuses_other_labels",)),
+    M("soup: models with other labels mixed in", "bench/soup.py",
+      "        if (other.arch, other.labels,", "        if False and (other.arch, other.labels,",
+      ("tests/test_train.py::test_soup_is_the_mean_of_every_float_tensor_and_refuses_other_labels",)),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")

@@ -148,3 +148,36 @@ def test_training_windows_get_the_noise_the_config_asks_for():
         loop._train_step(opt, 0, [silent], random.Random(0))
     assert torch.count_nonzero(inputs[0]) == 0  # no noise asked: silence stays silent
     assert (inputs[1].abs().amax(1) > 0).all()  # every window hisses
+
+
+# --------------------------------------------------------------------------- bench/soup.py
+
+def _soup_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "soup.py"
+    spec = importlib.util.spec_from_file_location("soup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_soup_is_the_mean_of_every_float_tensor_and_refuses_other_labels():
+    from tagger.model import new_model
+
+    soup = _soup_module()
+    torch.manual_seed(0)
+    models = [new_model(["piano", "drums"]) for _ in range(3)]
+    for m in models:  # BatchNorm statistics differ too, and are averaged like the weights
+        for buf in m.network.buffers():
+            if buf.is_floating_point():
+                buf.uniform_(0.5, 2.0)
+    states = [{k: v.clone() for k, v in m.network.state_dict().items()} for m in models]
+    mixed = soup.soup(models).network.state_dict()
+    for key, tensor in mixed.items():
+        if tensor.is_floating_point():
+            expected = (states[0][key] + states[1][key] + states[2][key]) / 3
+            assert torch.allclose(tensor, expected, atol=1e-6), key
+    with pytest.raises(ValueError, match="labels"):
+        soup.soup([new_model(["piano", "drums"]), new_model(["piano", "bass"])])
