@@ -450,6 +450,7 @@ def _log(message: str) -> None:
 @click.option("--resume", is_flag=True, help="Continue from OUT.state after an interruption.")
 @click.option("--balance-sources", is_flag=True, help="Draw training windows evenly across sources (font families, datasets) instead of evenly across clips.")
 @click.option("--noise", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of training windows given background noise (hiss, room tone) at 10-45 dB below the music.")
+@click.option("--tilt", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of training windows given a random treble shelf (-12 to +12 dB from 2-5 kHz): real recordings are brighter or duller than renders.")
 @click.option("--init", "init_model", type=click.Path(exists=True, dir_okay=False), help="Start from this model's weights (same architecture, labels, features): fine-tuning.")
 @click.option("--teacher", type=click.Choice(["efficientat-mn04"]), help="Teacher model that labels --teacher-audio.")
 @click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), help="The teacher's weights (mn04_as_mAP_432.pt; default: the installed efficientat-mn04).")
@@ -462,7 +463,7 @@ def _log(message: str) -> None:
 @click.option("--domain-weight", type=click.FloatRange(0), default=0.3, show_default=True, help="Gradient-reversal weight reached at the end of its ramp.")
 def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_set, epochs, steps_per_epoch, batch_size,
               lr, patience, seed, window_seconds, hop_seconds, name, model_version, device, jobs, resume,
-              balance_sources, noise, init_model, teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature,
+              balance_sources, noise, tilt, init_model, teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature,
               teacher_thresholds, domain_audio, domain_fraction, domain_weight) -> None:
     """Train a model on Slakh-layout (rendered or real), IRMAS or manifest data.
 
@@ -488,6 +489,7 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
     config.teacher_fraction = teacher_fraction
     config.balance_sources = balance_sources
     config.noise = noise
+    config.tilt = tilt
     config.domain_fraction, config.domain_weight = domain_fraction, domain_weight
     window = window_seconds or FeatureConfig().window_seconds
     features = FeatureConfig(window_seconds=window, hop_seconds=hop_seconds or window)
