@@ -219,6 +219,15 @@ MUTATIONS: list[Mutation] = [
     M("strumming: the flag is ignored", "train/arrange.py",
       "    if song.strumming and part.inst.program in _GUITARS", "    if False and part.inst.program in _GUITARS",
       ("tests/test_render.py::test_strumming_up_strokes_and_muted_strokes_only_when_asked",)),
+    # ---- treble tilt (tagger train --tilt)
+    M("tilt: the config's share is ignored", "train/loop.py",
+      "x = add_tilt(x, config.tilt, model.features.sample_rate)", "x = add_tilt(x, 0.0, model.features.sample_rate)",
+      ("tests/test_train.py::test_training_windows_get_the_tilt_the_config_asks_for",)),
+    M("tilt: only brighter, never duller", "train/loop.py",
+      "TILT_DB = (-12.0, 12.0)", "TILT_DB = (0.0, 12.0)", ("tests/test_train.py::test_treble_tilt_share_and_range_low_band_kept",)),
+    M("tilt: every window tilted", "train/loop.py",
+      "chosen = torch.rand(len(x), generator=generator) < prob", "chosen = torch.rand(len(x), generator=generator) < 1.0",
+      ("tests/test_train.py::test_treble_tilt_share_and_range_low_band_kept",)),
     # ---- model soup (bench/soup.py)
     M("soup: the first model's weights instead of the mean", "bench/soup.py",
       "torch.stack([s[key] for s in states]).mean(dim=0)", "states[0][key].clone()",

@@ -150,6 +150,56 @@ def test_training_windows_get_the_noise_the_config_asks_for():
     assert (inputs[1].abs().amax(1) > 0).all()  # every window hisses
 
 
+
+def _band_db(x: torch.Tensor, lo_hz: float, hi_hz: float, rate: int = 16000) -> torch.Tensor:
+    spectrum = torch.fft.rfft(x).abs().pow(2)
+    freqs = torch.fft.rfftfreq(x.shape[-1], 1 / rate)
+    band = (freqs >= lo_hz) & (freqs < hi_hz)
+    return 10 * torch.log10(spectrum[:, band].sum(1))
+
+
+def test_treble_tilt_share_and_range_low_band_kept():
+    from train.loop import add_tilt
+
+    gen = torch.Generator().manual_seed(0)
+    music = torch.randn(300, 16000, generator=gen) * 0.3
+    assert torch.equal(add_tilt(music, 0.0, 16000, gen), music)
+    tilted = add_tilt(music, 0.5, 16000, gen)
+    changed = (tilted != music).any(1)
+    assert 0.4 < changed.float().mean() < 0.6  # the share asked for
+    assert torch.equal(tilted[~changed], music[~changed])
+    treble = _band_db(tilted[changed], 6000, 8000) - _band_db(music[changed], 6000, 8000)
+    low = _band_db(tilted[changed], 50, 500) - _band_db(music[changed], 50, 500)
+    assert treble.min() < -8 and treble.max() > 8  # brighter and duller, up to about 12 dB
+    assert treble.abs().max() < 13
+    assert low.abs().max() < 1.5  # a shelf: the low band stays where it was
+
+
+def test_training_windows_get_the_tilt_the_config_asks_for():
+    import random
+
+    from tagger.model import new_model
+    from train import loop
+    from train.taxonomy import LABELS
+
+    model = new_model(list(LABELS), arch_args={"widths": [8, 16]})
+    t = np.arange(model.features.window_samples) / model.features.sample_rate
+    tones = (0.3 * np.sin(2 * np.pi * 200 * t) + 0.3 * np.sin(2 * np.pi * 7000 * t)).astype(np.float32)
+    audio = loop._Audio(Clip("x.flac", ("piano",), activity={"piano": ((0.0, 10.0),)}), tones, 0.0)
+    inputs = []
+    front = model.front
+    model.front = lambda x: (inputs.append(x.clone()), front(x))[1]
+    optimizer = torch.optim.AdamW(model.network.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    for tilt in (0.0, 1.0):
+        config = loop.TrainConfig(batch_size=8, mixup=0.0, tilt=tilt)
+        opt = loop._Optimisation(model, optimizer, scaler, torch.nn.BCEWithLogitsLoss(), (), config,
+                                 total_steps=10, steps_per_epoch=5, device=torch.device("cpu"))
+        loop._train_step(opt, 0, [audio], random.Random(0))
+    balance = [_band_db(x, 6500, 7500) - _band_db(x, 100, 300) for x in inputs]  # the random gain cancels
+    assert balance[0].abs().max() < 0.5  # no tilt asked: both tones as loud as they were
+    assert (balance[1].abs() > 1).sum() >= 6  # tilted: the treble tone moved in (nearly) every window
+
 # --------------------------------------------------------------------------- bench/soup.py
 
 def _soup_module():
