@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import yaml
 
+import bench_scripts
 from train.datasets import (
     IRMAS_LABELS,
     Clip,
@@ -282,18 +283,8 @@ def test_unknown_format_raises(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- bench/real_sounds.py
 
-def _real_sounds_module():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "real_sounds.py"
-    spec = importlib.util.spec_from_file_location("real_sounds", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_real_sounds_table_uses_our_labels_and_leaves_real_dev_out():
-    real_sounds = _real_sounds_module()
+    real_sounds = bench_scripts.load("real_sounds")
     names = [name for _, name, _ in real_sounds.SOUNDS]
     assert len(names) == len(set(names))
     for _, _, labels in real_sounds.SOUNDS:
@@ -304,7 +295,7 @@ def test_real_sounds_table_uses_our_labels_and_leaves_real_dev_out():
 def test_real_sounds_manifest_from_unpacked_packages(tmp_path):
     """build() on unpacked packages (no download): a manifest load_manifest reads, with the
     table's labels, non-instrument sounds unlabelled and too-short sounds left out."""
-    real_sounds = _real_sounds_module()
+    real_sounds = bench_scripts.load("real_sounds")
     rate = 16000
     short = real_sounds.SOUNDS[0][1]
     for (package, folder, _), name, _ in real_sounds.SOUNDS:

@@ -126,7 +126,8 @@ def test_background_noise_share_level_and_colour():
     assert tilt.min() < 0.5 and tilt.max() > 2.5
 
 
-def test_training_windows_get_the_noise_the_config_asks_for():
+def _step_inputs(samples: np.ndarray, configs: list[dict]) -> list[torch.Tensor]:
+    """The windows one training step hands the front end, once per config (a tiny model, one clip)."""
     import random
 
     from tagger.model import new_model
@@ -134,18 +135,25 @@ def test_training_windows_get_the_noise_the_config_asks_for():
     from train.taxonomy import LABELS
 
     model = new_model(list(LABELS), arch_args={"widths": [8, 16]})
-    silent = loop._Audio(Clip("x.flac", ("piano",), activity={"piano": ((0.0, 10.0),)}),
-                         np.zeros(model.features.window_samples, np.float32), 0.0)
+    audio = loop._Audio(Clip("x.flac", ("piano",), activity={"piano": ((0.0, 10.0),)}), samples, 0.0)
     inputs = []
     front = model.front
     model.front = lambda x: (inputs.append(x.clone()), front(x))[1]
     optimizer = torch.optim.AdamW(model.network.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    for noise in (0.0, 1.0):
-        config = loop.TrainConfig(batch_size=4, mixup=0.0, noise=noise)
+    for kwargs in configs:
+        config = loop.TrainConfig(mixup=0.0, **kwargs)
         opt = loop._Optimisation(model, optimizer, scaler, torch.nn.BCEWithLogitsLoss(), (), config,
                                  total_steps=10, steps_per_epoch=5, device=torch.device("cpu"))
-        loop._train_step(opt, 0, [silent], random.Random(0))
+        loop._train_step(opt, 0, [audio], random.Random(0))
+    return inputs
+
+
+def test_training_windows_get_the_noise_the_config_asks_for():
+    from tagger.features import FeatureConfig
+
+    silence = np.zeros(FeatureConfig().window_samples, np.float32)
+    inputs = _step_inputs(silence, [{"batch_size": 4, "noise": 0.0}, {"batch_size": 4, "noise": 1.0}])
     assert torch.count_nonzero(inputs[0]) == 0  # no noise asked: silence stays silent
     assert (inputs[1].abs().amax(1) > 0).all()  # every window hisses
 
@@ -176,47 +184,24 @@ def test_treble_tilt_share_and_range_low_band_kept():
 
 
 def test_training_windows_get_the_tilt_the_config_asks_for():
-    import random
+    from tagger.features import FeatureConfig
 
-    from tagger.model import new_model
-    from train import loop
-    from train.taxonomy import LABELS
-
-    model = new_model(list(LABELS), arch_args={"widths": [8, 16]})
-    t = np.arange(model.features.window_samples) / model.features.sample_rate
+    features = FeatureConfig()
+    t = np.arange(features.window_samples) / features.sample_rate
     tones = (0.3 * np.sin(2 * np.pi * 200 * t) + 0.3 * np.sin(2 * np.pi * 7000 * t)).astype(np.float32)
-    audio = loop._Audio(Clip("x.flac", ("piano",), activity={"piano": ((0.0, 10.0),)}), tones, 0.0)
-    inputs = []
-    front = model.front
-    model.front = lambda x: (inputs.append(x.clone()), front(x))[1]
-    optimizer = torch.optim.AdamW(model.network.parameters())
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    for tilt in (0.0, 1.0):
-        config = loop.TrainConfig(batch_size=8, mixup=0.0, tilt=tilt)
-        opt = loop._Optimisation(model, optimizer, scaler, torch.nn.BCEWithLogitsLoss(), (), config,
-                                 total_steps=10, steps_per_epoch=5, device=torch.device("cpu"))
-        loop._train_step(opt, 0, [audio], random.Random(0))
+    inputs = _step_inputs(tones, [{"batch_size": 8, "tilt": 0.0}, {"batch_size": 8, "tilt": 1.0}])
     balance = [_band_db(x, 6500, 7500) - _band_db(x, 100, 300) for x in inputs]  # the random gain cancels
     assert balance[0].abs().max() < 0.5  # no tilt asked: both tones as loud as they were
     assert (balance[1].abs() > 1).sum() >= 6  # tilted: the treble tone moved in (nearly) every window
 
 # --------------------------------------------------------------------------- bench/soup.py
 
-def _soup_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "soup.py"
-    spec = importlib.util.spec_from_file_location("soup", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_soup_is_the_mean_of_every_float_tensor_and_refuses_other_labels():
     from tagger.model import new_model
 
-    soup = _soup_module()
+    import bench_scripts
+
+    soup = bench_scripts.load("soup")
     torch.manual_seed(0)
     models = [new_model(["piano", "drums"]) for _ in range(3)]
     for m in models:  # BatchNorm statistics differ too, and are averaged like the weights
