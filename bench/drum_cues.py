@@ -19,6 +19,7 @@ import torchaudio.functional as AF
 
 from tagger.catalog import load
 from tagger.decode import decode
+from tagger.windows import iter_window_blocks
 from train.datasets import load_dataset
 from train.loop import score_clips
 
@@ -40,20 +41,16 @@ VARIANTS = {
 
 
 def windows(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Non-overlapping windows, the last one ending at the clip's end (as the tagger cuts them)."""
-    if len(x) < size:
-        x = torch.nn.functional.pad(x, (0, size - len(x)))
-    starts = list(range(0, len(x) - size + 1, size))
-    if starts[-1] + size < len(x):
-        starts.append(len(x) - size)
-    return torch.stack([x[s:s + size] for s in starts])
+    """The windows the tagger cuts (hop = window; the last one ends at the clip's end)."""
+    blocks = iter_window_blocks([x.numpy()], window=size, hop=size, block=1 << 16)
+    return torch.from_numpy(np.concatenate(list(blocks)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="a manifest or rendered folder")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--contains", default=None, help="only clips with this label (manifest: or in the file name)")
+    parser.add_argument("--contains", default=None, help="only clips with this label, or with this text in their path")
     parser.add_argument("--without", default=None, help="only clips without this label")
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()

@@ -24,7 +24,7 @@ from train.loop import choose_aggregation, load_audio
 
 
 def soup(models: list[TaggerModel]) -> TaggerModel:
-    """A copy of ``models[0]`` whose every tensor is the mean of the models' tensors."""
+    """``models[0]``, its every tensor replaced (in place) by the mean of the models' tensors."""
     first = models[0]
     for other in models[1:]:
         if (other.arch, other.labels, other.features, dict(other.arch_args)) != (

@@ -156,7 +156,8 @@ def add_tilt(x: torch.Tensor, prob: float, sample_rate: int, generator: torch.Ge
     drums in whatever is bright above 4 kHz: on three real strummed guitars it calls drums at
     0.75-0.97, and 0.02-0.03 once they are low-passed at 4 kHz (bench/drum_cues.py); a +12 dB
     shelf on drum-free rendered strums raises its drums from 16 % to 40 % of clips. Bright
-    windows without drums and dull windows with drums break that shortcut."""
+    windows without drums and dull windows with drums break that shortcut on renders; on the
+    real strums it did not (stage N in the model card)."""
     if prob <= 0:
         return x
     chosen = torch.rand(len(x), generator=generator) < prob
