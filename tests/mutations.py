@@ -226,7 +226,7 @@ MUTATIONS: list[Mutation] = [
     M("tilt: only brighter, never duller", "train/loop.py",
       "TILT_DB = (-12.0, 12.0)", "TILT_DB = (0.0, 12.0)", ("tests/test_train.py::test_treble_tilt_share_and_range_low_band_kept",)),
     M("tilt: every window tilted", "train/loop.py",
-      "chosen = torch.rand(len(x), generator=generator) < prob", "chosen = torch.rand(len(x), generator=generator) < 1.0",
+      "chosen = _uniform(x, 0.0, 1.0, generator).flatten() < prob", "chosen = _uniform(x, 0.0, 1.0, generator).flatten() < 1.0",
       ("tests/test_train.py::test_treble_tilt_share_and_range_low_band_kept",)),
     # ---- model soup (bench/soup.py)
     M("soup: the first model's weights instead of the mean", "bench/soup.py",

@@ -158,7 +158,6 @@ def test_training_windows_get_the_noise_the_config_asks_for():
     assert (inputs[1].abs().amax(1) > 0).all()  # every window hisses
 
 
-
 def _band_db(x: torch.Tensor, lo_hz: float, hi_hz: float, rate: int = 16000) -> torch.Tensor:
     spectrum = torch.fft.rfft(x).abs().pow(2)
     freqs = torch.fft.rfftfreq(x.shape[-1], 1 / rate)
@@ -193,6 +192,7 @@ def test_training_windows_get_the_tilt_the_config_asks_for():
     balance = [_band_db(x, 6500, 7500) - _band_db(x, 100, 300) for x in inputs]  # the random gain cancels
     assert balance[0].abs().max() < 0.5  # no tilt asked: both tones as loud as they were
     assert (balance[1].abs() > 1).sum() >= 6  # tilted: the treble tone moved in (nearly) every window
+
 
 # --------------------------------------------------------------------------- bench/soup.py
 

@@ -125,6 +125,11 @@ def coloured(white: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return noise / noise.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-12)
 
 
+def _uniform(x: torch.Tensor, lo: float, hi: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw in [lo, hi) per window of ``x`` ``[batch, samples]``, as ``[batch, 1]`` on its device."""
+    return lo + (hi - lo) * torch.rand(len(x), 1, generator=generator, device=x.device)
+
+
 def add_noise(x: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Background noise on a ``prob`` share of windows ``[batch, samples]``, labels unchanged.
 
@@ -137,7 +142,7 @@ def add_noise(x: torch.Tensor, prob: float, generator: torch.Generator | None = 
     batch, n = x.shape
     dev = x.device
     def uniform(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(batch, 1, generator=generator, device=dev)
+        return _uniform(x, lo, hi, generator)
     noise = coloured(torch.randn(batch, n, generator=generator, device=dev), uniform(0.0, 2.0))
     rms = x.pow(2).mean(1, keepdim=True).sqrt()
     level = rms * 10 ** (-uniform(*NOISE_SNR_DB) / 20) + 10 ** (uniform(*NOISE_FLOOR_DBFS) / 20)
@@ -160,9 +165,8 @@ def add_tilt(x: torch.Tensor, prob: float, sample_rate: int, generator: torch.Ge
     real strums it did not (stage N in the model card)."""
     if prob <= 0:
         return x
-    chosen = torch.rand(len(x), generator=generator) < prob
-    gains = TILT_DB[0] + (TILT_DB[1] - TILT_DB[0]) * torch.rand(len(x), generator=generator)
-    corners = TILT_CORNER_HZ[0] + (TILT_CORNER_HZ[1] - TILT_CORNER_HZ[0]) * torch.rand(len(x), generator=generator)
+    chosen = _uniform(x, 0.0, 1.0, generator).flatten() < prob
+    gains, corners = _uniform(x, *TILT_DB, generator), _uniform(x, *TILT_CORNER_HZ, generator)
     out = x.clone()
     for i in torch.nonzero(chosen).flatten().tolist():
         out[i] = AF.treble_biquad(x[i], sample_rate, float(gains[i]), central_freq=float(corners[i]))
