@@ -16,7 +16,9 @@ set, both ways):
 
 each with the shipped aggregations, and prints every candidate's micro-F1 on the renders
 too (with thresholds tuned on the whole real set). The best of B-D replaces A only when it
-beats A by MARGIN; the chosen values (tuned on the whole real set) print as Python.
+beats A by MARGIN; the chosen values (tuned on the whole real set) print as Python, and with
+``--out FILE`` the model is written there with them (same weights; how they were chosen is
+recorded in its training notes).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from sklearn.metrics import f1_score
 from choose_thresholds import GRID, tune
 from tagger.catalog import load
 from tagger.infer import pick_device
+from tagger.model import TaggerModel, save_checkpoint
 from train.datasets import load_dataset, load_manifest
 from train.loop import SHIPPED_AGGREGATIONS, _clip_targets, load_audio, predict_clips, score_clips
 
@@ -46,12 +49,21 @@ def best_floor(targets: np.ndarray, scores: np.ndarray, base, grid=WIDE_GRID) ->
     return float(grid[int(np.argmax([micro_f1(targets, scores, np.maximum(base, g)) for g in grid]))])
 
 
+def with_thresholds(model: TaggerModel, thresholds, aggregation: str, note: str) -> TaggerModel:
+    """``model`` (in place) with the chosen thresholds and aggregation, and ``note`` on how."""
+    model.thresholds = [float(t) for t in thresholds]
+    model.aggregation = aggregation
+    model.training = {**model.training, "thresholds": note}
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("real", help="manifest of real recordings (bench/real_sounds.py)")
     parser.add_argument("renders", nargs="+", help="validation renders (unseen seeds)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", help="write the model with the chosen thresholds here (only when the rule picks some)")
     args = parser.parse_args()
 
     model = load(args.model)
@@ -95,6 +107,11 @@ def main() -> None:
         print(f"\nchosen: {best[0]}, aggregation {best[1]} (+{gain:.3f} cross-half micro-F1 on real recordings)")
         print("THRESHOLDS = (" + ", ".join(f"{t:g}" for t in rows[best][3]) + ")")
         print(f"AGGREGATION = {best[1]!r}")
+        if args.out:
+            note = (f"{best[0]} on real recordings by bench/choose_on_real.py ({args.real}; "
+                    f"cross-half micro-F1 {rows[best][0]:.3f} vs {rows[shipped_key][0]:.3f} shipped)")
+            save_checkpoint(with_thresholds(model.to("cpu"), rows[best][3], best[1], note), args.out)
+            print(f"wrote {args.out}")
     else:
         print(f"\nkeep the shipped thresholds: the best candidate ({best[0]}, {best[1]}) gains {gain:+.3f} < {MARGIN}")
 

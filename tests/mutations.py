@@ -235,6 +235,13 @@ MUTATIONS: list[Mutation] = [
     M("soup: models with other labels mixed in", "bench/soup.py",
       "        if (other.arch, other.labels,", "        if False and (other.arch, other.labels,",
       ("tests/test_train.py::test_soup_is_the_mean_of_every_float_tensor_and_refuses_other_labels",)),
+    # ---- real-chosen thresholds written into a model (bench/choose_on_real.py)
+    M("choose_on_real: the earlier training notes dropped", "bench/choose_on_real.py",
+      'model.training = {**model.training, "thresholds": note}', 'model.training = {"thresholds": note}',
+      ("tests/test_train.py::test_choose_on_real_writes_the_chosen_thresholds_and_keeps_weights_and_notes",)),
+    M("choose_on_real: the aggregation not written", "bench/choose_on_real.py",
+      "    model.aggregation = aggregation\n", "",
+      ("tests/test_train.py::test_choose_on_real_writes_the_chosen_thresholds_and_keeps_weights_and_notes",)),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")

@@ -216,3 +216,24 @@ def test_soup_is_the_mean_of_every_float_tensor_and_refuses_other_labels():
             assert torch.allclose(tensor, expected, atol=1e-6), key
     with pytest.raises(ValueError, match="labels"):
         soup.soup([new_model(["piano", "drums"]), new_model(["piano", "bass"])])
+
+
+# --------------------------------------------------------------------------- bench/choose_on_real.py
+
+def test_choose_on_real_writes_the_chosen_thresholds_and_keeps_weights_and_notes(tmp_path):
+    from tagger.model import load_model, new_model, save_checkpoint
+
+    import bench_scripts
+
+    choose = bench_scripts.load("choose_on_real")
+    torch.manual_seed(0)
+    model = new_model(["piano", "drums"])
+    model.training = {"epochs": 3}
+    save_checkpoint(model, tmp_path / "a.pt")
+    chosen = choose.with_thresholds(load_model(tmp_path / "a.pt"), [0.35, 0.6], "max", "B global on real")
+    save_checkpoint(chosen, tmp_path / "b.pt")
+    a, b = load_model(tmp_path / "a.pt"), load_model(tmp_path / "b.pt")
+    assert b.thresholds == pytest.approx([0.35, 0.6]) and b.aggregation == "max"
+    assert b.training == {"epochs": 3, "thresholds": "B global on real"}
+    for key, tensor in a.network.state_dict().items():
+        assert torch.equal(tensor, b.network.state_dict()[key]), key  # same weights: only the tags' rule changed
