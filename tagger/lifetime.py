@@ -7,6 +7,8 @@
   dies, however it dies (kill -9 included), instead of lingering forever.
 * ``remove_stale_temps()``: temp files carry their writer's pid, so the next run removes
   those of killed runs and leaves those of runs still going.
+* ``remove_stale_pool_temps()``: the same for joblib's: a pool's semaphores and memmapping
+  folders, which joblib removes itself unless the whole process group was killed.
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import ctypes
 import functools
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -133,6 +137,40 @@ def remove_stale_temps(folder: str | os.PathLike[str], pattern: re.Pattern[str])
             removed += 1
         except OSError:
             pass
+    return removed
+
+
+# joblib (loky) names a pool's semaphores and memmapping folders after the creating process:
+# /dev/shm/sem.loky-<pid>-<random>, <temp folder>/joblib_memmapping_folder_<pid>_<ids>.
+_POOL_TEMP = re.compile(r"(?:sem\.loky-|joblib_memmapping_folder_)(\d+)[-_]")
+
+
+def remove_stale_pool_temps(folders: list[str | os.PathLike[str]] | None = None) -> int:
+    """Delete joblib pool leftovers (semaphores, memmapping folders) of processes that are
+    gone: a run whose whole process group got kill -9 leaves them, since the resource
+    tracker that would have removed them died too. Call it before starting a pool. Returns
+    how many were deleted. ``folders``: where to look (default: /dev/shm, the temp folder and
+    $JOBLIB_TEMP_FOLDER)."""
+    if folders is None:
+        folders = ["/dev/shm", tempfile.gettempdir()] + ([os.environ["JOBLIB_TEMP_FOLDER"]] if os.environ.get("JOBLIB_TEMP_FOLDER") else [])
+    removed = 0
+    for folder in dict.fromkeys(os.fspath(f) for f in folders):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _POOL_TEMP.match(entry.name)
+            if not match or pid_alive(int(match.group(1))):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
     return removed
 
 

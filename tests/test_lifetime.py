@@ -281,3 +281,51 @@ Parallel(n_jobs=2, initializer=pool_initializer(os.getpid()))(delayed(time.sleep
     finally:
         for pid in _alive(procs):
             os.kill(pid, signal.SIGKILL)
+
+
+def _pool_temps(pid: int) -> list[str]:
+    """joblib's leftovers of process ``pid`` in /dev/shm (semaphores, memmapping folders)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return []
+    return sorted(p.name for p in shm.iterdir() if p.name.startswith((f"sem.loky-{pid}-", f"joblib_memmapping_folder_{pid}_")))
+
+
+def test_the_next_render_removes_the_pool_temps_of_a_render_killed_with_its_process_group(tmp_path):
+    """kill -9 of the whole group kills loky's resource tracker too, so nobody removes the
+    pool's semaphores and memmapping folders; the next render does, before its own pool starts."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("needs /dev/shm, where joblib puts its semaphores")
+    render = [sys.executable, "-m", "tagger", "dataset", "render", "--seconds", "2", "--soundfont", "timgm6mb",
+              "-j", "2", "--no-augment"]
+    out = tmp_path / "ds"
+    proc = subprocess.Popen(render + [str(out), "--tracks", "40"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and len(list(out.glob("Track*/metadata.yaml"))) < 4:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the render ended before it could be killed"
+    procs = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    _wait_gone(procs, WORKER_GRACE_S)
+    left = _pool_temps(proc.pid)
+    assert left, "the killed render left no pool temps: nothing to check"
+    subprocess.run(render + [str(tmp_path / "next"), "--tracks", "2"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert _pool_temps(proc.pid) == [], f"{left} survived the next run"
+
+
+def test_remove_stale_pool_temps_keeps_those_of_live_processes(tmp_path):
+    from tagger.lifetime import remove_stale_pool_temps
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = os.getpid()
+    for pid in (dead.pid, live):
+        (tmp_path / f"sem.loky-{pid}-abcd1234").write_bytes(b"x" * 32)
+        (tmp_path / f"joblib_memmapping_folder_{pid}_0f0f_1e1e").mkdir()
+        (tmp_path / f"joblib_memmapping_folder_{pid}_0f0f_1e1e" / "array.pkl").write_bytes(b"x")
+    (tmp_path / f"song-{dead.pid}.flac").write_bytes(b"x")  # not joblib's: never touched
+    assert remove_stale_pool_temps([tmp_path]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"sem.loky-{live}-abcd1234", f"joblib_memmapping_folder_{live}_0f0f_1e1e", f"song-{dead.pid}.flac"])

@@ -22,7 +22,7 @@ import torch
 import torchaudio.functional as AF
 import yaml
 
-from tagger.lifetime import pool_initializer
+from tagger.lifetime import pool_initializer, remove_stale_pool_temps
 from train.arrange import generate_arrangement
 from train.effects import compress, eq, limit, lossy, reverb
 from train.expression import perform
@@ -387,6 +387,7 @@ def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[s
             finally:
                 torch.set_num_threads(threads)
         elif todo:
+            remove_stale_pool_temps()  # of renders killed with their whole process group
             jobs_ = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1,
                              initializer=pool_initializer(os.getpid()))  # workers end with a killed render
             for _ in jobs_(delayed(_render_track)(str(out), i, *args) for i in todo):
