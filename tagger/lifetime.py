@@ -152,9 +152,9 @@ def remove_stale_pool_temps(folders: list[str | os.PathLike[str]] | None = None)
     how many were deleted. ``folders``: where to look (default: /dev/shm, the temp folder and
     $JOBLIB_TEMP_FOLDER)."""
     if folders is None:
-        folders = ["/dev/shm", tempfile.gettempdir()] + ([os.environ["JOBLIB_TEMP_FOLDER"]] if os.environ.get("JOBLIB_TEMP_FOLDER") else [])
+        folders = ["/dev/shm", tempfile.gettempdir(), os.environ.get("JOBLIB_TEMP_FOLDER", "")]
     removed = 0
-    for folder in dict.fromkeys(os.fspath(f) for f in folders):
+    for folder in dict.fromkeys(os.fspath(f) for f in folders if f):
         try:
             entries = list(os.scandir(folder))
         except OSError:
@@ -164,6 +164,8 @@ def remove_stale_pool_temps(folders: list[str | os.PathLike[str]] | None = None)
             if not match or pid_alive(int(match.group(1))):
                 continue
             try:
+                if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue  # another user's, maybe from another pid namespace: not ours to judge
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)
                 else:
