@@ -165,7 +165,7 @@ MUTATIONS: list[Mutation] = [
       "    remove_stale_temps(folder, _TEMP)  # leftovers", "    pass  # leftovers",
       ("tests/test_catalog.py::test_interrupted_download_leaves_nothing_and_stale_temps_are_cleaned",)),
     M("lifetime: stale-temp cleaning deletes the temps of runs still going", "tagger/lifetime.py",
-      "or pid_alive(int(match.group(1))):", "or False:",
+      "is_file(follow_symlinks=False) or pid_alive(int(match.group(1))):", "is_file(follow_symlinks=False) or False:",
       ("tests/test_tags.py::test_clean_stale_temps", "tests/test_guards.py")),
     M("lifetime: a render never removes the pool temps of killed renders", "train/render.py",
       "            remove_stale_pool_temps()  # of renders", "            pass  # of renders",
