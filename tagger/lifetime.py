@@ -9,6 +9,7 @@
   those of killed runs and leaves those of runs still going.
 * ``remove_stale_pool_temps()``: the same for joblib's: a pool's semaphores and memmapping
   folders, which joblib removes itself unless the whole process group was killed.
+  ``worker_pool()`` starts a joblib pool with both: leftovers removed, workers armed.
 """
 from __future__ import annotations
 
@@ -120,9 +121,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | os.PathLike[str], pattern: re.Pattern[str]) -> int:
+def remove_stale_temps(folder: str | os.PathLike[str], pattern: re.Pattern[str], *,
+                       folders_too: bool = False, own_only: bool = False) -> int:
     """Delete the files of ``folder`` whose names match ``pattern`` (group 1: the pid of the
-    process that wrote them) when that process is gone. Returns how many were deleted."""
+    process that wrote them) when that process is gone. Returns how many were deleted.
+    ``folders_too``: matching folders go too, with their contents. ``own_only``: only this
+    user's (another user's may come from another pid namespace, where its pid looks dead)."""
     removed = 0
     try:
         entries = list(os.scandir(folder))
@@ -130,10 +134,18 @@ def remove_stale_temps(folder: str | os.PathLike[str], pattern: re.Pattern[str])
         return 0
     for entry in entries:
         match = pattern.match(entry.name)
-        if not match or not entry.is_file(follow_symlinks=False) or pid_alive(int(match.group(1))):
+        if not match or pid_alive(int(match.group(1))):
             continue
         try:
-            os.unlink(entry.path)
+            is_folder = folders_too and entry.is_dir(follow_symlinks=False)
+            if not (is_folder or entry.is_file(follow_symlinks=False)):
+                continue
+            if own_only and entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            if is_folder:
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
             removed += 1
         except OSError:
             pass
@@ -148,32 +160,21 @@ _POOL_TEMP = re.compile(r"(?:sem\.loky-|joblib_memmapping_folder_)(\d+)[-_]")
 def remove_stale_pool_temps(folders: list[str | os.PathLike[str]] | None = None) -> int:
     """Delete joblib pool leftovers (semaphores, memmapping folders) of processes that are
     gone: a run whose whole process group got kill -9 leaves them, since the resource
-    tracker that would have removed them died too. Call it before starting a pool. Returns
-    how many were deleted. ``folders``: where to look (default: /dev/shm, the temp folder and
-    $JOBLIB_TEMP_FOLDER)."""
+    tracker that would have removed them died too. Returns how many were deleted.
+    ``folders``: where to look (default: /dev/shm, the temp folder and $JOBLIB_TEMP_FOLDER)."""
     if folders is None:
         folders = ["/dev/shm", tempfile.gettempdir(), os.environ.get("JOBLIB_TEMP_FOLDER", "")]
-    removed = 0
-    for folder in dict.fromkeys(os.fspath(f) for f in folders if f):
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
-            match = _POOL_TEMP.match(entry.name)
-            if not match or pid_alive(int(match.group(1))):
-                continue
-            try:
-                if entry.stat(follow_symlinks=False).st_uid != os.getuid():
-                    continue  # another user's, maybe from another pid namespace: not ours to judge
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed += 1
-            except OSError:
-                pass
-    return removed
+    return sum(remove_stale_temps(folder, _POOL_TEMP, folders_too=True, own_only=True)
+               for folder in dict.fromkeys(os.fspath(f) for f in folders if f))
+
+
+def worker_pool(n_jobs: int, **options):
+    """A joblib ``Parallel`` whose workers end with this process however it dies
+    (``pool_initializer``), started after the leftovers of killed pools are removed."""
+    from joblib import Parallel  # tagging starts no joblib pool: keep it out of its start-up
+
+    remove_stale_pool_temps()  # of runs killed with their whole process group
+    return Parallel(n_jobs=n_jobs, initializer=pool_initializer(os.getpid()), **options)
 
 
 def _watch_parent(parent: int) -> None:

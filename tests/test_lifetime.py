@@ -326,6 +326,10 @@ def test_remove_stale_pool_temps_keeps_those_of_live_processes(tmp_path):
         (tmp_path / f"joblib_memmapping_folder_{pid}_0f0f_1e1e").mkdir()
         (tmp_path / f"joblib_memmapping_folder_{pid}_0f0f_1e1e" / "array.pkl").write_bytes(b"x")
     (tmp_path / f"song-{dead.pid}.flac").write_bytes(b"x")  # not joblib's: never touched
+    kept = [f"sem.loky-{live}-abcd1234", f"joblib_memmapping_folder_{live}_0f0f_1e1e", f"song-{dead.pid}.flac"]
+    if os.getuid() == 0:  # root can make a leftover of another user, which is not ours to remove
+        (tmp_path / f"sem.loky-{dead.pid}-otheruser").write_bytes(b"x" * 32)
+        os.chown(tmp_path / f"sem.loky-{dead.pid}-otheruser", 65534, 65534)
+        kept.append(f"sem.loky-{dead.pid}-otheruser")
     assert remove_stale_pool_temps([tmp_path]) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"sem.loky-{live}-abcd1234", f"joblib_memmapping_folder_{live}_0f0f_1e1e", f"song-{dead.pid}.flac"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

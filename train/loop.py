@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torchaudio
 import torchaudio.functional as AF
-from joblib import Parallel, delayed
+from joblib import delayed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -29,7 +29,7 @@ from tagger.aggregate import aggregate
 from tagger.decode import DecodeError, decode
 from tagger.features import FeatureConfig
 from tagger.infer import BatchRunner, pick_device
-from tagger.lifetime import pool_initializer, remove_stale_pool_temps
+from tagger.lifetime import worker_pool
 from tagger.model import DEFAULT_ARCH, TaggerModel, new_model, save_checkpoint
 from tagger.windows import iter_window_blocks
 from train.datasets import Clip, split_clips, window_targets
@@ -84,8 +84,7 @@ def _load_one(clip: Clip, sample_rate: int) -> _Audio | None:
 
 def load_audio(clips: Sequence[Clip], sample_rate: int, *, jobs: int = 2, log: Log = print) -> list[_Audio]:
     """Decode every clip once (in parallel); undecodable clips are reported and dropped."""
-    remove_stale_pool_temps()  # of runs killed with their whole process group
-    pool = Parallel(n_jobs=jobs, batch_size=16, initializer=pool_initializer(os.getpid()))  # workers end with a killed run
+    pool = worker_pool(jobs, batch_size=16)  # workers end with a killed run
     loaded = pool(delayed(_load_one)(c, sample_rate) for c in clips)
     kept = [a for a in loaded if a is not None and a.signal.size > 0]
     if len(kept) < len(clips):

@@ -22,7 +22,7 @@ import torch
 import torchaudio.functional as AF
 import yaml
 
-from tagger.lifetime import pool_initializer, remove_stale_pool_temps
+from tagger.lifetime import worker_pool
 from train.arrange import generate_arrangement
 from train.effects import compress, eq, limit, lossy, reverb
 from train.expression import perform
@@ -356,7 +356,7 @@ def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[s
     Track i is seeded from (seed, i) and uses ``soundfonts[i % len(soundfonts)]``; tracks
     whose metadata.yaml exists are skipped, so an interrupted run can simply be repeated.
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed
     from rich.console import Console
     from rich.progress import Progress
 
@@ -387,9 +387,7 @@ def render_dataset(out_dir: str | Path, *, n_tracks: int, soundfonts: Sequence[s
             finally:
                 torch.set_num_threads(threads)
         elif todo:
-            remove_stale_pool_temps()  # of renders killed with their whole process group
-            jobs_ = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1,
-                             initializer=pool_initializer(os.getpid()))  # workers end with a killed render
+            jobs_ = worker_pool(jobs, return_as="generator_unordered", batch_size=1)
             for _ in jobs_(delayed(_render_track)(str(out), i, *args) for i in todo):
                 bar.advance(task)
     return [track_dir(out, i) for i in indices]
