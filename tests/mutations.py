@@ -249,6 +249,13 @@ MUTATIONS: list[Mutation] = [
     M("choose_on_real: the aggregation not written", "bench/choose_on_real.py",
       "    model.aggregation = aggregation\n", "",
       ("tests/test_train.py::test_choose_on_real_writes_the_chosen_thresholds_and_keeps_weights_and_notes",)),
+    # ---- thresholds re-chosen on an unseen font family (bench/choose_on_unseen.py)
+    M("choose_on_unseen: scores aggregated by mean, not the model's own aggregation", "bench/choose_on_unseen.py",
+      "model.aggregation, model.topk)", '"mean", model.topk)',
+      ("tests/test_train.py::test_choose_on_unseen_writes_thresholds_tuned_under_the_models_own_aggregation",)),
+    M("choose_on_unseen: the shipped thresholds written back", "bench/choose_on_unseen.py",
+      "with_thresholds(model.to(\"cpu\"), chosen,", "with_thresholds(model.to(\"cpu\"), shipped,",
+      ("tests/test_train.py::test_choose_on_unseen_writes_thresholds_tuned_under_the_models_own_aggregation",)),
 ]
 
 _IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "data", "runs", ".whl")

@@ -237,3 +237,33 @@ def test_choose_on_real_writes_the_chosen_thresholds_and_keeps_weights_and_notes
     assert b.training == {"epochs": 3, "thresholds": "B global on real"}
     for key, tensor in a.network.state_dict().items():
         assert torch.equal(tensor, b.network.state_dict()[key]), key  # same weights: only the tags' rule changed
+
+
+def test_choose_on_unseen_writes_thresholds_tuned_under_the_models_own_aggregation(rendered, tmp_path, monkeypatch):
+    import sys
+
+    from tagger.model import new_model, save_checkpoint
+    from train.loop import _clip_targets, load_audio, predict_clips, score_clips
+    from train.metrics import tune_thresholds
+
+    import bench_scripts
+
+    choose = bench_scripts.load("choose_on_unseen")
+    torch.manual_seed(0)
+    model = new_model(["piano", "bass", "drums", "strings"])
+    model.thresholds, model.aggregation, model.training = [0.95] * 4, "max", {"epochs": 3}
+    save_checkpoint(model, tmp_path / "a.pt")
+    monkeypatch.setattr(sys, "argv", ["choose_on_unseen", str(rendered), "--model", str(tmp_path / "a.pt"),
+                                      "--device", "cpu", "--out", str(tmp_path / "b.pt")])
+    methods = []  # 4-s clips hold two overlapping windows: max and mean barely differ, so watch the call
+    monkeypatch.setattr(choose, "score_clips", lambda windows, method, k: methods.append(method) or score_clips(windows, method, k))
+    choose.main()
+    assert methods == ["max"]
+
+    a, b = load_model(tmp_path / "a.pt"), load_model(tmp_path / "b.pt")
+    audios = load_audio(load_dataset(rendered, labels=a.labels), a.features.sample_rate)
+    scores = score_clips(predict_clips(a, audios, torch.device("cpu")), "max", a.topk)
+    assert b.thresholds == pytest.approx(tune_thresholds(_clip_targets(audios, a.labels), scores))
+    assert b.aggregation == "max" and b.training["epochs"] == 3 and str(rendered) in b.training["thresholds"]
+    for key, tensor in a.network.state_dict().items():
+        assert torch.equal(tensor, b.network.state_dict()[key]), key
