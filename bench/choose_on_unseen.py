@@ -18,11 +18,9 @@ import argparse
 import numpy as np
 
 from choose_on_real import micro_f1, with_thresholds
-from tagger.catalog import load
-from tagger.infer import pick_device
+from choose_thresholds import dataset_windows
 from tagger.model import save_checkpoint
-from train.datasets import load_dataset
-from train.loop import _clip_targets, load_audio, predict_clips, score_clips
+from train.loop import score_clips
 from train.metrics import tune_thresholds
 
 
@@ -34,12 +32,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where to write the model with the new thresholds")
     args = parser.parse_args()
 
-    model = load(args.model)
-    device = pick_device(args.device)
-    audios = load_audio([c for root in args.datasets for c in load_dataset(root, labels=model.labels)],
-                        model.features.sample_rate)
-    targets = _clip_targets(audios, model.labels)
-    scores = score_clips(predict_clips(model.to(device), audios, device), model.aggregation, model.topk)
+    model, window_probs, targets = dataset_windows(args.model, args.datasets, args.device)
+    scores = score_clips(window_probs, model.aggregation, model.topk)
     shipped = np.asarray(model.thresholds)
 
     halves = np.arange(len(targets)) % 2 == 0  # interleaved tracks: both halves cover each set

@@ -44,19 +44,25 @@ def tune(targets: np.ndarray, scores: np.ndarray, kind: str) -> list[float]:
     return tune_thresholds(targets, scores, grid=GRID, default=global_threshold(targets, scores))
 
 
+def dataset_windows(model_name: str | None, datasets: list[str], device_name: str = "auto") -> tuple[TaggerModel, list[np.ndarray], np.ndarray]:
+    """The model, per-clip window probabilities of the datasets' clips (the tagger's
+    BatchRunner) and clip targets. Shared with bench/choose_on_unseen.py."""
+    model = load(model_name)
+    clips = [c for root in datasets for c in load_dataset(root, labels=model.labels)]
+    audios = load_audio(clips, model.features.sample_rate)
+    device = pick_device(device_name)
+    return model, predict_clips(model.to(device), audios, device), _clip_targets(audios, model.labels)
+
+
 def validation_windows(doc: str | None) -> tuple[TaggerModel, list[np.ndarray], np.ndarray]:
-    """Parse ``DATASETS --model --device``; the model, per-clip window probabilities (the
-    tagger's BatchRunner) and clip targets. Shared with bench/threshold_strata.py."""
+    """Parse ``DATASETS --model --device``, then :func:`dataset_windows`. Shared with
+    bench/threshold_strata.py."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+")
     parser.add_argument("--model", default=None, help="model name or path")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    model = load(args.model)
-    clips = [c for root in args.datasets for c in load_dataset(root, labels=model.labels)]
-    audios = load_audio(clips, model.features.sample_rate)
-    device = pick_device(args.device)
-    return model, predict_clips(model.to(device), audios, device), _clip_targets(audios, model.labels)
+    return dataset_windows(args.model, args.datasets, args.device)
 
 
 def main() -> None:
