@@ -63,10 +63,13 @@ class Downloadable:
 # anything real (cross-half micro-F1 on the real recordings 0.658 vs 0.501). Dense rendered
 # mixes still prefer lower thresholds (validation renders micro-F1 0.385 vs 0.482); README
 # "Which model to use" has what they give on real-dev. (The set had 51 clips then; one doubtful
-# label was removed since, and on the 50 left the same rule picks 0.05 again.)
+# label was removed since, and on the 50 left the same rule picks 0.05 again; and again on
+# 2026-12-07, when tracks shorter than one window began to be repeated instead of zero-padded.)
 MN04_THRESHOLDS: tuple[float, ...] = (0.05,) * 16
 MN04_AGGREGATION = "topk"
-MN04_VERSION = "3"  # bump when thresholds, aggregation or class map change: tagged files get re-tagged
+# bump when thresholds, aggregation, class map or how its windows are cut change: tagged files
+# get re-tagged (4: tracks shorter than one window are repeated, not zero-padded)
+MN04_VERSION = "4"
 
 
 def _build_mn04(entry: Downloadable, state: dict) -> TaggerModel:

@@ -3,7 +3,8 @@
 Windows start at 0, hop, 2*hop, ... A tail that the last full window did not reach gets
 one more window, the track's last ``window`` samples: full of audio, as every training window
 is (a zero-padded one dragged short tracks' scores down: ``bench/tail_windows.py``). A track
-shorter than one window is zero-padded, not dropped, so every track yields
+shorter than one window is repeated from its start until the window is full (tiled), not
+padded with silence and not dropped, so every track yields
 ``1 + ceil(max(0, n - window) / hop)`` windows.
 """
 from __future__ import annotations
@@ -16,6 +17,13 @@ import numpy as np
 
 def count_windows(n_samples: int, *, window: int, hop: int) -> int:
     return 1 + math.ceil(max(0, n_samples - window) / hop)
+
+
+def tile(signal: np.ndarray, length: int) -> np.ndarray:
+    """``signal`` repeated from its start to exactly ``length`` samples (zeros if it is empty)."""
+    if signal.size == 0:
+        return np.zeros(length, np.float32)
+    return np.resize(signal.astype(np.float32, copy=False), length)
 
 
 def iter_window_blocks(
@@ -41,10 +49,8 @@ def iter_window_blocks(
         consumed += keep_from
     total = consumed + buffer.size
     emitted = next_start // hop
-    if emitted == 0:  # shorter than one window: zero-padded
-        tail = np.zeros(window, np.float32)
-        tail[: buffer.size] = buffer
-        ready.append(tail)
+    if emitted == 0:  # shorter than one window: tiled (an empty track stays silent)
+        ready.append(tile(buffer, window))
     elif next_start - hop + window < total:  # samples after the last full window
         ready.append(buffer[buffer.size - window :].copy())
     if ready:

@@ -192,6 +192,13 @@ MUTATIONS: list[Mutation] = [
     M("windows: the tail window is zero-padded again", "tagger/windows.py",
       "ready.append(buffer[buffer.size - window :].copy())", "ready.append(np.pad(buffer[next_start - consumed :], (0, window))[:window])",
       ("tests/test_core.py::test_windows_cover_the_track_and_end_at_its_end", "tests/test_guards.py")),
+    M("windows: a track shorter than one window is zero-padded again", "tagger/windows.py",
+      "ready.append(tile(buffer, window))", "ready.append(np.pad(buffer, (0, window - buffer.size)))",
+      ("tests/test_core.py::test_windows_cover_the_track_and_end_at_its_end",)),
+    M("training: a clip shorter than a window is zero-padded again", "train/loop.py",
+      "window = tile(audio.signal[start : start + size], size)",
+      "window = np.pad(audio.signal[start : start + size], (0, size - min(size, audio.signal.size)))",
+      ("tests/test_train.py::test_a_training_window_of_a_clip_shorter_than_a_window_repeats_the_clip",)),
     # ---- domain-adversarial training; installed downloads follow the catalog
     M("domain: gradient reversal passes the gradient unreversed", "train/domain.py",
       "return -ctx.weight * grad, None", "return ctx.weight * grad, None",

@@ -107,7 +107,7 @@ def _varied_wav(path: Path, rate: int) -> Path:
 
 def _window_probs(model_path: Path, audio: Path) -> np.ndarray:
     """The network's probabilities for each window, windows cut here by hand (the tail window
-    ends at the track's end; a track shorter than one window is zero-padded)."""
+    ends at the track's end; a track shorter than one window is repeated to fill it)."""
     model = load_model(model_path)
     window, hop = model.features.window_samples, model.features.hop_samples
     samples = decode(audio, sample_rate=model.features.sample_rate)
@@ -117,6 +117,8 @@ def _window_probs(model_path: Path, audio: Path) -> np.ndarray:
         piece = samples[i * hop : i * hop + window]
         if piece.size < window and samples.size >= window:
             piece = samples[samples.size - window :]
+        elif piece.size < window:
+            piece = np.concatenate([samples] * (window // samples.size + 1))[:window]
         windows[i, : piece.size] = piece
     with torch.inference_mode():
         return torch.sigmoid(model.logits(torch.from_numpy(windows))).numpy()

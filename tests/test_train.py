@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from tagger.cli import main
 from tagger.model import load_model
-from train.loop import _lr_at, _pos_weight, _Audio
+from train.loop import _lr_at, _pos_weight, _random_window, _Audio
 from train.datasets import Clip, load_dataset
 from train.metrics import evaluate
 
@@ -267,3 +267,19 @@ def test_choose_on_unseen_writes_thresholds_tuned_under_the_models_own_aggregati
     assert b.aggregation == "max" and b.training["epochs"] == 3 and str(rendered) in b.training["thresholds"]
     for key, tensor in a.network.state_dict().items():
         assert torch.equal(tensor, b.network.state_dict()[key]), key
+
+
+def test_a_training_window_of_a_clip_shorter_than_a_window_repeats_the_clip():
+    """Training sees short clips as the tagger does (tagger.windows): repeated, not padded."""
+    import random
+
+    from tagger.features import FeatureConfig
+
+    features = FeatureConfig(sample_rate=1000, window_seconds=3.0, hop_seconds=3.0, n_fft=64, hop_length=16, n_mels=8)
+    short = np.arange(1, 1201, dtype=np.float32)  # 1.2 s
+    window, target = _random_window(_Audio(Clip("a.wav", ("piano",)), short, 0.0), ["piano", "drums"], features, random.Random(0))
+    np.testing.assert_array_equal(window, np.resize(short, 3000))
+    assert target.tolist() == [1.0, 0.0]
+    long = np.arange(1, 5001, dtype=np.float32)
+    window, _ = _random_window(_Audio(Clip("b.wav", ("piano",)), long, 0.0), ["piano"], features, random.Random(1))
+    assert window.size == 3000 and window[0] >= 1 and np.array_equal(np.diff(window), np.ones(2999, np.float32))

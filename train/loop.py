@@ -31,7 +31,7 @@ from tagger.features import FeatureConfig
 from tagger.infer import BatchRunner, pick_device
 from tagger.lifetime import worker_pool
 from tagger.model import DEFAULT_ARCH, TaggerModel, new_model, save_checkpoint
-from tagger.windows import iter_window_blocks
+from tagger.windows import iter_window_blocks, tile
 from train.datasets import Clip, split_clips, window_targets
 from train.domain import DomainData, DomainHead, ramp, reverse_gradient
 from train.metrics import evaluate, tune_thresholds
@@ -104,9 +104,8 @@ def _random_window(audio: _Audio, labels: Sequence[str], features: FeatureConfig
     size = features.window_samples
     n = audio.signal.size
     start = rng.randrange(0, n - size + 1) if n > size else 0
-    window = np.zeros(size, np.float32)
-    piece = audio.signal[start : start + size]
-    window[: piece.size] = piece
+    # a clip shorter than a window is repeated to fill it, as the tagger does (tagger.windows)
+    window = tile(audio.signal[start : start + size], size)
     t0 = audio.offset + start / features.sample_rate
     target = window_targets(audio.clip, labels, t0, t0 + size / features.sample_rate)
     return window, target
