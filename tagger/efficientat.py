@@ -71,7 +71,8 @@ LABELS: tuple[str, ...] = tuple(AUDIOSET_LABEL_MAP)
 
 
 def feature_config(hop_seconds: float = 3.0, window_seconds: float = 3.0) -> FeatureConfig:
-    """The FeatureConfig that selects this front end (3-s windows, as the model was trained)."""
+    """The FeatureConfig that selects this front end, on 3-s windows (mn04 learned from AudioSet's
+    10-s clips, but 10-s windows did not tag our real recordings better: model card, stage U)."""
     return FeatureConfig(
         frontend=FRONTEND, sample_rate=SAMPLE_RATE, window_seconds=window_seconds, hop_seconds=hop_seconds,
         n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=N_MELS, f_min=F_MIN, f_max=F_MAX,
