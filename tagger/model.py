@@ -111,11 +111,14 @@ class _SeparableBlock(nn.Module):
         return x + y if self.residual else y
 
 
+TAGNET_WIDTHS = (32, 64, 128, 256)  # channels per stage unless a checkpoint's arch_args say otherwise
+
+
 class TagNet(nn.Module):
     """Our default: a full 3x3 stem, then pairs of depthwise-separable blocks per stage
     with 2x2 pooling between stages, and mean+max pooling over time. Cheap on CPU."""
 
-    def __init__(self, n_mels: int, n_labels: int, widths: tuple[int, ...] = (32, 64, 128, 256)):
+    def __init__(self, n_mels: int, n_labels: int, widths: tuple[int, ...] = TAGNET_WIDTHS):
         super().__init__()
         layers: list[nn.Module] = [_MelNorm(n_mels), *_conv_bn(1, widths[0])]
         in_ch = widths[0]

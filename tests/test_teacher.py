@@ -88,6 +88,19 @@ def test_train_with_a_teacher_end_to_end(tmp_path) -> None:
     wrong = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "x.pt"), "--epochs", "1",
                                       "--steps-per-epoch", "1", "--jobs", "1", "--init", str(out)])  # 3-s windows
     assert wrong.exit_code == 1 and "differ" in wrong.stderr
+    # --init with wider --widths grows the model (train.widen); its original channels come first
+    grown = tmp_path / "grown.pt"
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(grown), "--epochs", "1", "--steps-per-epoch", "1",
+                                       "--batch-size", "8", "--window-seconds", "2", "--jobs", "1", "--lr", "0",
+                                       "--init", str(out), "--widths", "12,24"])
+    assert result.exit_code == 0, result.stderr
+    wide = load_model(grown)
+    assert wide.arch_args == {"widths": [12, 24]} and "widened from [8, 16] to [12, 24]" in wide.training["init"]
+    assert torch.equal(wide.network.features[1].weight[:8], student.network.features[1].weight)
+    narrow = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "n.pt"), "--epochs", "1",
+                                       "--steps-per-epoch", "1", "--window-seconds", "2", "--jobs", "1",
+                                       "--init", str(out), "--widths", "4,16"])
+    assert narrow.exit_code == 1 and "cannot narrow" in narrow.stderr
 
 
 def test_balanced_sources_draw_a_small_family_as_often_as_a_big_one() -> None:

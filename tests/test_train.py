@@ -283,3 +283,31 @@ def test_a_training_window_of_a_clip_shorter_than_a_window_repeats_the_clip():
     long = np.arange(1, 5001, dtype=np.float32)
     window, _ = _random_window(_Audio(Clip("b.wav", ("piano",)), long, 0.0), ["piano"], features, random.Random(1))
     assert window.size == 3000 and window[0] >= 1 and np.array_equal(np.diff(window), np.ones(2999, np.float32))
+
+
+def test_widening_a_tagnet_keeps_its_outputs_and_lets_the_copies_differ():
+    from tagger.model import TagNet
+    from train.widen import widen_tagnet
+
+    torch.manual_seed(0)
+    small = TagNet(16, 5, (8, 16))
+    with torch.no_grad():
+        for m in small.modules():  # trained-looking BatchNorms that still let signal through
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1)
+    small.eval()
+    wide = widen_tagnet(small, 16, 5, (12, 24), seed=3).eval()
+    assert wide.features[1].out_channels == 12 and wide.head[1].in_features == 48
+    x = torch.randn(4, 1, 16, 40)
+    with torch.no_grad():
+        expected = small(x)
+        assert (expected.std(dim=0) > 1e-3).all()  # the outputs depend on the input
+        torch.testing.assert_close(wide(x), expected, atol=1e-5, rtol=1e-4)
+    # every channel the head reads has its own weights: copies were split unevenly
+    columns = wide.head[1].weight.T
+    assert len({tuple(c.round(decimals=6).tolist()) for c in columns}) == len(columns)
+    with pytest.raises(ValueError, match="narrow"):
+        widen_tagnet(small, 16, 5, (4, 16))
+    with pytest.raises(ValueError, match="stages"):
+        widen_tagnet(small, 16, 5, (8, 16, 32))

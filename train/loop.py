@@ -30,11 +30,12 @@ from tagger.decode import DecodeError, decode
 from tagger.features import FeatureConfig
 from tagger.infer import BatchRunner, pick_device
 from tagger.lifetime import worker_pool
-from tagger.model import DEFAULT_ARCH, TaggerModel, new_model, save_checkpoint
+from tagger.model import DEFAULT_ARCH, TAGNET_WIDTHS, TaggerModel, new_model, save_checkpoint
 from tagger.windows import iter_window_blocks, tile
 from train.datasets import Clip, split_clips, window_targets
 from train.domain import DomainData, DomainHead, ramp, reverse_gradient
 from train.metrics import evaluate, tune_thresholds
+from train.widen import widen_tagnet
 
 Log = Callable[[str], None]
 
@@ -351,13 +352,20 @@ def train_model(
     val_audio = load_audio(validation_clips, features.sample_rate, jobs=jobs, log=log)
     log(f"decoded {len(train_audio)} training and {len(val_audio)} validation clips in {time.perf_counter() - t0:.0f} s")
 
+    grow = False  # a tagnet init with narrower stages than asked for is widened (train.widen)
     if init is not None:
         config.arch_args = dict(config.arch_args or init.arch_args)
-        if (init.arch, init.labels, init.features, dict(init.arch_args)) != (config.arch, labels, features, config.arch_args):
+        widths = [list(args.get("widths", TAGNET_WIDTHS)) for args in (init.arch_args, config.arch_args)]
+        grow = init.arch == config.arch == "tagnet" and widths[0] != widths[1]
+        if (init.arch, init.labels, init.features) != (config.arch, labels, features) or (
+                dict(init.arch_args) != config.arch_args and not grow):
             raise ValueError("init model: its architecture, labels or features differ from this training's")
+        if grow:
+            log(f"widening {init.model_id} from {widths[0]} to {widths[1]} channels (same outputs to start with)")
     model = new_model(labels, arch=config.arch, arch_args=config.arch_args, features=features, name=config.name, version=config.version)
     if init is not None:
-        model.network.load_state_dict(init.network.state_dict())
+        source = widen_tagnet(init.network, features.n_mels, len(labels), widths[1], seed=config.seed) if grow else init.network
+        model.network.load_state_dict(source.state_dict())
     model.to(dev)
     net = model.network
     domain_head = None
@@ -450,7 +458,7 @@ def train_model(
     best.metrics = {"validation": metrics}
     best.training = {
         "config": {k: v for k, v in vars(config).items()},
-        "init": f"{init.model_id} ({init.path})" if init is not None else None,
+        "init": (f"{init.model_id} ({init.path})" + (f", widened from {widths[0]} to {widths[1]} channels" if grow else "")) if init is not None else None,
         "train_clips": len(train_audio),
         "teacher": teacher.info if teacher is not None else None,
         "domain": domain.info if domain is not None else None,
