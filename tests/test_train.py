@@ -311,3 +311,5 @@ def test_widening_a_tagnet_keeps_its_outputs_and_lets_the_copies_differ():
         widen_tagnet(small, 16, 5, (4, 16))
     with pytest.raises(ValueError, match="stages"):
         widen_tagnet(small, 16, 5, (8, 16, 32))
+    with pytest.raises(ValueError, match="differ in width"):  # a residual would appear between the stages
+        widen_tagnet(small, 16, 5, (16, 16))

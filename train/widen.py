@@ -35,9 +35,8 @@ def _shares(mapping: torch.Tensor, shape: Sequence[int], generator: torch.Genera
     return raw / totals[:, mapping]
 
 
-def _copy_out(conv: nn.Conv2d, bn: nn.BatchNorm2d, out_map: torch.Tensor, new_conv: nn.Conv2d, new_bn: nn.BatchNorm2d) -> None:
-    """New output channel j = old output channel out_map[j] (filters and BatchNorm)."""
-    new_conv.weight.copy_(conv.weight[out_map])
+def _copy_bn(bn: nn.BatchNorm2d, out_map: torch.Tensor, new_bn: nn.BatchNorm2d) -> None:
+    """New channel j normalised as old channel out_map[j] (parameters and statistics)."""
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(new_bn, name).copy_(getattr(bn, name)[out_map])
     new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
@@ -58,20 +57,22 @@ def widen_tagnet(net: TagNet, n_mels: int, n_labels: int, widths: Sequence[int],
     new_blocks = [m for m in grown.features if isinstance(m, _SeparableBlock)]
     if len(new_blocks) != len(old_blocks):
         raise ValueError(f"cannot change the number of stages ({len(old_blocks) // 2} -> {len(widths)})")
+    if [b.residual for b in new_blocks] != [b.residual for b in old_blocks]:
+        raise ValueError("stages that differ in width must still differ (and equal ones stay equal)")
     grown.features[0].load_state_dict(net.features[0].state_dict())  # the per-mel input norm
-    stem_old, stem_new = (net.features[1], net.features[2]), (grown.features[1], grown.features[2])
-    space = _mapping(stem_old[0].out_channels, stem_new[0].out_channels, generator)  # the stem's channels
-    _copy_out(*stem_old, space, *stem_new)
+    stem, new_stem = net.features[1], grown.features[1]
+    space = _mapping(stem.out_channels, new_stem.out_channels, generator)  # the stem's channels
+    new_stem.weight.copy_(stem.weight[space])
+    _copy_bn(net.features[2], space, grown.features[2])
     for old, new in zip(old_blocks, new_blocks):
         depth_conv, depth_bn, _, point_conv, point_bn, _ = old.body
         new_depth_conv, new_depth_bn, _, new_point_conv, new_point_bn, _ = new.body
-        _copy_out(depth_conv, depth_bn, space, new_depth_conv, new_depth_bn)  # one filter per channel
+        new_depth_conv.weight.copy_(depth_conv.weight[space])  # one filter per channel
+        _copy_bn(depth_bn, space, new_depth_bn)
         # a residual block adds its input to its output: both stay in the same channel space
         out_space = space if old.residual else _mapping(point_conv.out_channels, new_point_conv.out_channels, generator)
         new_point_conv.weight.copy_(_split_in(point_conv.weight, space, generator)[out_space])
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(new_point_bn, name).copy_(getattr(point_bn, name)[out_space])
-        new_point_bn.num_batches_tracked.copy_(point_bn.num_batches_tracked)
+        _copy_bn(point_bn, out_space, new_point_bn)
         space = out_space
     old_linear, new_linear = net.head[1], grown.head[1]
     half = old_linear.in_features // 2  # the head reads [mean over time, max over time]
