@@ -352,7 +352,7 @@ def train_model(
     val_audio = load_audio(validation_clips, features.sample_rate, jobs=jobs, log=log)
     log(f"decoded {len(train_audio)} training and {len(val_audio)} validation clips in {time.perf_counter() - t0:.0f} s")
 
-    grow = False  # a tagnet init with narrower stages than asked for is widened (train.widen)
+    grow, init_note = False, None  # a tagnet init with narrower stages than asked for is widened (train.widen)
     if init is not None:
         config.arch_args = dict(config.arch_args or init.arch_args)
         widths = [list(args.get("widths", TAGNET_WIDTHS)) for args in (init.arch_args, config.arch_args)]
@@ -360,7 +360,9 @@ def train_model(
         if (init.arch, init.labels, init.features) != (config.arch, labels, features) or (
                 dict(init.arch_args) != config.arch_args and not grow):
             raise ValueError("init model: its architecture, labels or features differ from this training's")
+        init_note = f"{init.model_id} ({init.path})"
         if grow:
+            init_note += f", widened from {widths[0]} to {widths[1]} channels"
             log(f"widening {init.model_id} from {widths[0]} to {widths[1]} channels (same outputs to start with)")
     model = new_model(labels, arch=config.arch, arch_args=config.arch_args, features=features, name=config.name, version=config.version)
     if init is not None:
@@ -458,7 +460,7 @@ def train_model(
     best.metrics = {"validation": metrics}
     best.training = {
         "config": {k: v for k, v in vars(config).items()},
-        "init": (f"{init.model_id} ({init.path})" + (f", widened from {widths[0]} to {widths[1]} channels" if grow else "")) if init is not None else None,
+        "init": init_note,
         "train_clips": len(train_audio),
         "teacher": teacher.info if teacher is not None else None,
         "domain": domain.info if domain is not None else None,
