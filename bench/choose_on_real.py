@@ -45,6 +45,14 @@ def micro_f1(targets: np.ndarray, scores: np.ndarray, thresholds) -> float:
     return float(f1_score(targets >= 0.5, scores >= np.asarray(thresholds), average="micro", zero_division=0))
 
 
+def cross_half(targets: np.ndarray, scores: np.ndarray, thresholds_for: Callable[[np.ndarray], np.ndarray]) -> float:
+    """Micro-F1 on clips the thresholds were not tuned on: ``thresholds_for(mask)`` tunes on
+    the clips in ``mask``, one interleaved half (both halves cover every set), and is scored
+    on the other half; the mean of both ways."""
+    halves = np.arange(len(targets)) % 2 == 0
+    return float(np.mean([micro_f1(targets[~on], scores[~on], thresholds_for(on)) for on in (halves, ~halves)]))
+
+
 def best_floor(targets: np.ndarray, scores: np.ndarray, base, grid=WIDE_GRID) -> float:
     """The floor g (first of the best) for thresholds max(base, g)."""
     return float(grid[int(np.argmax([micro_f1(targets, scores, np.maximum(base, g)) for g in grid]))])
@@ -76,8 +84,6 @@ def main() -> None:
     real_windows, render_windows = predict_clips(network, real_audio, device), predict_clips(network, render_audio, device)
     real_t, render_t = _clip_targets(real_audio, labels), _clip_targets(render_audio, labels)
     shipped = np.asarray(model.thresholds)
-    halves = np.arange(len(real_t)) % 2 == 0
-    render_halves = np.arange(len(render_t)) % 2 == 0
     everything, all_renders = np.ones(len(real_t), bool), np.ones(len(render_t), bool)
     print(f"{len(real_t)} real clips, {len(render_t)} validation renders; model {model.name} {model.version}")
 
@@ -95,10 +101,9 @@ def main() -> None:
         if method == model.aggregation:
             tuners = {"A shipped": lambda on, r_on: shipped, **tuners}
         for name, tuner in tuners.items():
-            cross = np.mean([micro_f1(real_t[~on], real_s[~on], tuner(on, all_renders)) for on in (halves, ~halves)])
+            cross = cross_half(real_t, real_s, lambda on: tuner(on, all_renders))
             # D tunes on the renders too: its honest render score is cross-half as well
-            render_cross = np.mean([micro_f1(render_t[~h], render_s[~h], tuner(everything, h))
-                                    for h in (render_halves, ~render_halves)])
+            render_cross = cross_half(render_t, render_s, lambda r_on: tuner(everything, r_on))
             thresholds = tuner(everything, all_renders)
             rows[(name, method)] = (cross, micro_f1(real_t, real_s, thresholds),
                                     micro_f1(render_t, render_s, thresholds), thresholds)
