@@ -363,7 +363,7 @@ def train_model(
         init_note = f"{init.model_id} ({init.path})"
         if grow:
             init_note += f", widened from {widths[0]} to {widths[1]} channels"
-            log(f"widening {init.model_id} from {widths[0]} to {widths[1]} channels (same outputs to start with)")
+            log(f"init {init_note} (same outputs to start with)")
     model = new_model(labels, arch=config.arch, arch_args=config.arch_args, features=features, name=config.name, version=config.version)
     if init is not None:
         source = widen_tagnet(init.network, features.n_mels, len(labels), widths[1], seed=config.seed) if grow else init.network
