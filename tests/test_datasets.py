@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +314,59 @@ def test_real_sounds_manifest_from_unpacked_packages(tmp_path):
         assert Path(clip.path).is_file()
         assert ";".join(clip.labels) == expected[Path(clip.path).name]
     assert any(not clip.labels for clip in clips)
+
+
+def _qt_resource_file(files: dict[str, bytes], compressed: set[str]) -> bytes:
+    """A Qt binary resource file (format 2) holding ``files`` (paths with "/"), laid out as Qt's
+    rcc writes it: header; names; a tree whose directories list their children side by side
+    (breadth first); data."""
+    root: dict = {}
+    for path in files:
+        *folders, leaf = path.split("/")
+        node = root
+        for folder in folders:
+            node = node.setdefault(folder, {})
+        node[leaf] = path
+    names, name_offsets, data = b"", {}, b""
+
+    def name_offset(name: str) -> int:
+        nonlocal names
+        if name not in name_offsets:
+            name_offsets[name] = len(names)
+            names += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+        return name_offsets[name]
+
+    entries = [[0, root]]  # [name offset, dict for a folder or path for a file]
+    tree = b""
+    for index in range(10_000):
+        if index == len(entries):
+            break
+        offset, node = entries[index]
+        if isinstance(node, dict):
+            tree += struct.pack(">IHII", offset, 2, len(node), len(entries)) + bytes(8)
+            entries += [[name_offset(name), child] for name, child in sorted(node.items())]
+        else:
+            payload, flags = files[node], 0
+            if node in compressed:
+                payload, flags = struct.pack(">I", len(payload)) + zlib.compress(payload), 1
+            tree += struct.pack(">IHHHI", offset, flags, 0, 0, len(data)) + bytes(8)
+            data += struct.pack(">I", len(payload)) + payload
+    return b"qres" + struct.pack(">IIII", 2, 20 + len(names), 20 + len(names) + len(tree), 20) + names + tree + data
+
+
+def test_unpack_rcc_writes_the_files_of_one_folder_byte_for_byte(tmp_path):
+    """GCompris's instrument recordings live in a Qt resource file: unpack_rcc must give back
+    exactly the bytes stored, compressed or not, and only those under the folder asked for."""
+    real_sounds = bench_scripts.load("real_sounds")
+    rng = np.random.default_rng(0)
+    files = {"gc/act/res/cello.ogg": rng.bytes(5000), "gc/act/res/sub/piano.ogg": b"piano" * 300,
+             "gc/act/res/README": b"credits", "gc/other/violin.ogg": b"not asked for"}
+    rcc = tmp_path / "instruments.rcc"
+    rcc.write_bytes(_qt_resource_file(files, compressed={"gc/act/res/sub/piano.ogg", "gc/act/res/README"}))
+    real_sounds.unpack_rcc(rcc, "gc/act/res", tmp_path / "out")
+    written = {str(p.relative_to(tmp_path / "out")): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert written == {"cello.ogg": files["gc/act/res/cello.ogg"], "sub/piano.ogg": files["gc/act/res/sub/piano.ogg"],
+                       "README": b"credits"}
+    (tmp_path / "bad.rcc").write_bytes(b"RIFF" + bytes(40))
+    with pytest.raises(ValueError, match="not a Qt resource file"):
+        real_sounds.unpack_rcc(tmp_path / "bad.rcc", "gc", tmp_path / "x")
