@@ -457,6 +457,7 @@ def _log(message: str) -> None:
 @click.option("--teacher-audio", multiple=True, type=click.Path(exists=True), help="Real, unlabelled audio (files or folders) the teacher labels; repeatable.")
 @click.option("--teacher-fraction", type=click.FloatRange(0, 0.9), default=0.25, show_default=True, help="Share of each batch drawn from teacher windows.")
 @click.option("--teacher-temperature", type=click.FloatRange(0.05), default=1.0, show_default=True, help="Softens the calibrated teacher targets.")
+@click.option("--teacher-classes", type=click.FloatRange(0), default=0.0, show_default=True, help="Weight of an extra loss that has the network's pooled features predict the teacher's scores of all its classes (AudioSet's 527) on the teacher windows, through a head the checkpoint does not keep; 0: off.")
 @click.option("--teacher-thresholds", metavar="T1,T2,...", help="The teacher's per-label thresholds (validated on your data) that calibration maps to 0.5 (default: the teacher model's).")
 @click.option("--domain-audio", multiple=True, type=click.Path(exists=True), help="Real, unlabelled audio (files or folders) for render-vs-real invariance (domain-adversarial); repeatable.")
 @click.option("--domain-fraction", type=click.FloatRange(0.05, 0.5), default=0.25, show_default=True, help="Share of each batch drawn from --domain-audio windows.")
@@ -464,7 +465,7 @@ def _log(message: str) -> None:
 def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_set, epochs, steps_per_epoch, batch_size,
               lr, patience, seed, window_seconds, hop_seconds, name, model_version, device, jobs, resume,
               balance_sources, noise, tilt, init_model, teacher, teacher_weights, teacher_audio, teacher_fraction, teacher_temperature,
-              teacher_thresholds, domain_audio, domain_fraction, domain_weight) -> None:
+              teacher_classes, teacher_thresholds, domain_audio, domain_fraction, domain_weight) -> None:
     """Train a model on Slakh-layout (rendered or real), IRMAS or manifest data.
 
     Several DATASETS are trained on together (e.g. SoundFont renders and sample-library
@@ -486,7 +487,7 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
         arch=arch, arch_args=arch_args, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
         patience=patience, seed=seed, name=name, version=model_version,
     )
-    config.teacher_fraction = teacher_fraction
+    config.teacher_fraction, config.teacher_classes = teacher_fraction, teacher_classes
     config.balance_sources = balance_sources
     config.noise = noise
     config.tilt = tilt
@@ -496,6 +497,8 @@ def train_cmd(datasets, data_format, out, validation_data, arch, widths, label_s
     teacher_data = None
     if bool(teacher) != bool(teacher_audio):
         raise click.UsageError("--teacher and --teacher-audio go together")
+    if teacher_classes and not teacher:
+        raise click.UsageError("--teacher-classes needs --teacher and --teacher-audio")
     try:
         if teacher:
             thresholds = [float(t) for t in teacher_thresholds.split(",")] if teacher_thresholds else None
@@ -526,7 +529,7 @@ def _teacher_data(name, weights, audio, temperature, labels, features, threshold
             teacher = teacher_mod.Mn04Teacher(model=catalog.load(name), thresholds=thresholds)
         else:
             teacher = teacher_mod.Mn04Teacher(weights, thresholds=thresholds)
-        windows, probs, _ = teacher_mod.teacher_windows(audio, teacher, labels, sample_rate=features.sample_rate,
+        windows, probs, _, classes = teacher_mod.teacher_windows(audio, teacher, labels, sample_rate=features.sample_rate,
                                                         window_seconds=features.window_seconds, log=_log)
     except (ValueError, OSError, RuntimeError, ImportError) as exc:
         raise click.UsageError(f"teacher: {exc}") from None
@@ -537,7 +540,7 @@ def _teacher_data(name, weights, audio, temperature, labels, features, threshold
             "thresholds": teacher.thresholds, "temperature": temperature,
             "mean_target": {lab: round(float(v), 3) for lab, v in zip(labels, targets.mean(axis=0))}}
     _log(f"teacher {name}: {len(windows)} real windows, calibrated targets (threshold -> 0.5, T={temperature})")
-    return loop.TeacherData(windows, targets, info)
+    return loop.TeacherData(windows, targets, info, classes)
 
 
 @main.command(name="eval")

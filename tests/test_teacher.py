@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from media import render_with_real_stand_ins
 from tagger.cli import main
+from tagger.efficientat import AUDIOSET_LABEL_MAP
 from tagger.model import load_model, new_model
 from train import loop
 from train.teacher import calibrate
@@ -56,6 +57,42 @@ def test_teacher_windows_fill_their_share_of_each_batch() -> None:
     assert torch.all(y[:6, 0] == 1.0)  # the rest: rendered windows with their labels (piano)
 
 
+def test_teacher_class_scores_reach_the_pooled_features_of_the_teacher_windows_only() -> None:
+    """--teacher-classes: the extra head reads the pooled features of exactly the teacher rows
+    of the batch, and its loss, times the weight, is added to the tagging loss."""
+    model = new_model(list(LABELS), arch_args={"widths": [8, 16]})
+    n = model.features.window_samples
+    clip = loop.Clip(path="x.flac", labels=("piano",), activity={"piano": ((0.0, 10.0),)})
+    audio = [loop._Audio(clip, np.random.default_rng(0).standard_normal(n * 2).astype(np.float32) * 0.1, 0.0)]
+    rng = np.random.default_rng(1)
+    classes = np.tile(rng.uniform(0, 1, (1, 7)), (5, 1)).astype(np.float16)  # every window alike: no matter which are drawn
+    teacher = loop.TeacherData(rng.standard_normal((5, n)).astype(np.float32) * 0.1,
+                               np.full((5, len(LABELS)), 0.25, np.float32), {}, classes)
+    net = model.network
+    net.train()
+    pooled, head_inputs = [], []
+    embed = net.embed
+    net.embed = lambda spec: pooled.append(embed(spec)) or pooled[-1]
+    head = torch.nn.Linear(32, 7)
+    weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
+
+    def class_head(features: torch.Tensor) -> torch.Tensor:
+        head_inputs.append(features.detach().clone())
+        return head(features)
+
+    config = loop.TrainConfig(batch_size=8, mixup=0.0, teacher_fraction=0.25, teacher_classes=0.7, spec_augment=False)
+    optimizer = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()))
+    opt = loop._Optimisation(model, optimizer, torch.amp.GradScaler("cuda", enabled=False),
+                             lambda logits, y: logits.sum() * 0, (), config, total_steps=10, steps_per_epoch=5,
+                             device=torch.device("cpu"), class_head=class_head)
+    loss = loop._train_step(opt, 0, audio, random.Random(0), teacher)
+    assert torch.equal(head_inputs[0], pooled[0][6:8].detach())  # 25 % of 8: the last two rows
+    targets = torch.from_numpy(classes[:2].astype(np.float32))
+    expected = 0.7 * torch.nn.functional.binary_cross_entropy_with_logits(head_inputs[0] @ weight.T + bias, targets)
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    assert not torch.equal(head.weight, weight)  # the head learned
+
+
 def test_train_with_a_teacher_end_to_end(tmp_path) -> None:
     from tagger.efficientat import Mn04
 
@@ -72,7 +109,19 @@ def test_train_with_a_teacher_end_to_end(tmp_path) -> None:
     assert result.exit_code == 0, result.stderr
     info = load_model(out).training["teacher"]
     assert info["name"] == "efficientat-mn04" and info["windows"] == 4  # 2 files x 2 windows of 2 s
-    assert list((tmp_path / "cache" / "tagger" / "teacher").glob("*.npz"))  # computed once, cached
+    (cached,) = (tmp_path / "cache" / "tagger" / "teacher").glob("*.npz")  # computed once, cached
+    with np.load(cached) as scores:  # each label's score is its strongest AudioSet class's
+        assert scores["classes"].shape == (4, 527)
+        strongest = np.stack([scores["classes"][:, list(group)].max(axis=1) for group in AUDIOSET_LABEL_MAP.values()], axis=1)
+        np.testing.assert_allclose(scores["probs"], strongest, atol=1e-3)
+    distilled = tmp_path / "distilled.pt"
+    result = CliRunner().invoke(main, [*args[:2], "--out", str(distilled), *args[4:], "--teacher-classes", "0.5"], env=env)
+    assert result.exit_code == 0, result.stderr
+    plain_keys = set(load_model(out).network.state_dict())
+    assert set(load_model(distilled).network.state_dict()) == plain_keys  # the class head is training's only
+    assert load_model(distilled).training["config"]["teacher_classes"] == 0.5
+    lone = CliRunner().invoke(main, [*args[:2], "--out", str(distilled), "--epochs", "1", "--teacher-classes", "0.5"], env=env)
+    assert lone.exit_code == 2 and "--teacher-classes needs" in lone.stderr
     bad = CliRunner().invoke(main, args[:-2], env=env)
     assert bad.exit_code == 2 and "go together" in bad.stderr
     # --init: fine-tuning starts from the given model's weights (lr 0: they stay as they were)

@@ -59,6 +59,7 @@ class TrainConfig:
     version: str = "1"
     threads: int | None = None
     teacher_fraction: float = 0.25  # share of each batch drawn from teacher windows, when given
+    teacher_classes: float = 0.0  # weight of the loss on the teacher's class scores (train.teacher); 0: off
     balance_sources: bool = False  # draw each window's source (font family, dataset) uniformly first
     noise: float = 0.0  # probability that a window gets background noise (see add_noise)
     tilt: float = 0.0  # probability that a window gets a random treble shelf (see add_tilt)
@@ -235,6 +236,7 @@ class TeacherData:
     windows: np.ndarray  # [N, window_samples] float32
     targets: np.ndarray  # [N, labels] in [0, 1]
     info: dict = field(default_factory=dict)  # what the checkpoint records about the teacher
+    classes: np.ndarray | None = None  # [N, teacher classes] raw probabilities (for teacher_classes)
 
 
 @dataclass
@@ -251,6 +253,7 @@ class _Optimisation:
     device: torch.device
     domain_head: DomainHead | None = None  # with domain data: render-vs-real discriminator
     domain_hits: list[float] = field(default_factory=list)  # its accuracy per batch, this epoch
+    class_head: torch.nn.Module | None = None  # with teacher_classes: pooled features -> teacher classes
 
 
 def _train_step(opt: _Optimisation, global_step: int, train_audio: Sequence[_Audio], rng: random.Random,
@@ -283,6 +286,7 @@ def _train_step(opt: _Optimisation, global_step: int, train_audio: Sequence[_Aud
         drawn = [rng.randrange(len(teacher.windows)) for _ in range(n_teacher)]
         x = torch.cat([x, torch.from_numpy(teacher.windows[drawn]).to(dev)])
         y = torch.cat([y, torch.from_numpy(teacher.targets[drawn]).to(dev)])
+    distil = n_teacher > 0 and opt.class_head is not None
     if n_real:
         drawn = [rng.randrange(len(domain.windows)) for _ in range(n_real)]
         x = torch.cat([x, torch.from_numpy(domain.windows[drawn]).to(dev)])
@@ -292,9 +296,16 @@ def _train_step(opt: _Optimisation, global_step: int, train_audio: Sequence[_Aud
         if config.spec_augment:
             for mask in opt.masks:
                 spec = mask(spec)
-        if n_real:
+        if n_real or distil:
             features = model.network.embed(spec)
-            loss = opt.loss_fn(model.network.head(features[:-n_real]).float(), y)
+            loss = opt.loss_fn(model.network.head(features[:len(x) - n_real]).float(), y)
+        else:
+            loss = opt.loss_fn(model.network(spec).float(), y)
+        if distil:  # the teacher windows sit right after the rendered ones
+            class_logits = opt.class_head(features[len(pairs):len(pairs) + n_teacher]).float()
+            class_targets = torch.from_numpy(teacher.classes[drawn].astype(np.float32)).to(dev)
+            loss = loss + config.teacher_classes * torch.nn.functional.binary_cross_entropy_with_logits(class_logits, class_targets)
+        if n_real:
             # Real: the domain windows and any teacher windows; rendered: the rest.
             is_real = torch.zeros(len(x), device=dev)
             is_real[len(pairs):] = 1.0
@@ -302,8 +313,6 @@ def _train_step(opt: _Optimisation, global_step: int, train_audio: Sequence[_Aud
             domain_logits = opt.domain_head(reverse_gradient(features, weight)).float()
             loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(domain_logits, is_real)
             opt.domain_hits.append(((domain_logits > 0).float() == is_real).float().mean().item())
-        else:
-            loss = opt.loss_fn(model.network(spec).float(), y)
     opt.optimizer.zero_grad(set_to_none=True)
     opt.scaler.scale(loss).backward()
     opt.scaler.step(opt.optimizer)
@@ -370,14 +379,19 @@ def train_model(
         model.network.load_state_dict(source.state_dict())
     model.to(dev)
     net = model.network
-    domain_head = None
-    if domain is not None:
+    domain_head = class_head = None
+    distil = teacher is not None and config.teacher_classes > 0
+    if distil and teacher.classes is None:
+        raise ValueError("teacher_classes needs the teacher's class scores")
+    if domain is not None or distil:
         if not hasattr(net, "embed"):
-            raise ValueError(f"domain-adversarial training needs the tagnet architecture, not {config.arch}")
+            raise ValueError(f"domain-adversarial training and teacher classes need the tagnet architecture, not {config.arch}")
         with torch.no_grad():
             width = net.embed(model.front(torch.zeros(1, features.window_samples, device=dev))).shape[1]
-        domain_head = DomainHead(width).to(dev)
-    trained = list(net.parameters()) + (list(domain_head.parameters()) if domain_head is not None else [])
+        domain_head = DomainHead(width).to(dev) if domain is not None else None
+        class_head = torch.nn.Linear(width, teacher.classes.shape[1]).to(dev) if distil else None
+    heads = [h for h in (domain_head, class_head) if h is not None]  # training only: not in the checkpoint
+    trained = list(net.parameters()) + [p for h in heads for p in h.parameters()]
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=_pos_weight(train_audio, labels).to(dev))
     freq_mask = torchaudio.transforms.FrequencyMasking(freq_mask_param=max(1, features.n_mels // 8), iid_masks=True)
@@ -393,6 +407,8 @@ def train_model(
         net.load_state_dict(state["network"])
         if domain_head is not None:
             domain_head.load_state_dict(state["domain_head"])
+        if class_head is not None:
+            class_head.load_state_dict(state["class_head"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_map, best_epoch = state["epoch"] + 1, state["best_map"], state["best_epoch"]
         history = list(state["history"])
@@ -400,7 +416,7 @@ def train_model(
         log(f"resumed from {state_path} at epoch {start_epoch}")
 
     opt = _Optimisation(model, optimizer, scaler, loss_fn, (freq_mask, time_mask), config, total_steps,
-                        steps_per_epoch, dev, domain_head)
+                        steps_per_epoch, dev, domain_head, class_head=class_head)
     val_targets = _clip_targets(val_audio, labels)
     by_source = None
     if config.balance_sources:
@@ -444,6 +460,8 @@ def train_model(
                  "best_map": best_map, "best_epoch": best_epoch, "history": history}
         if domain_head is not None:
             state["domain_head"] = domain_head.state_dict()
+        if class_head is not None:
+            state["class_head"] = class_head.state_dict()
         tmp = state_path.with_name(state_path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, state_path)

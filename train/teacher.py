@@ -7,6 +7,12 @@ classes, so an instrument it does hear may still score 0.05 (issue 6: raw target
 student that real-sounding audio has no instruments). Targets are therefore *calibrated* per
 label: ``sigmoid((logit(p) - logit(t)) / T)`` maps the teacher's own threshold ``t`` to 0.5.
 
+The teacher's scores of *all* its classes (AudioSet's 527: "Bowed string instrument", "Strum",
+"Drum roll", "Reverberation", ...) are kept too: ``tagger train --teacher-classes W`` has the
+student's pooled features predict them on the teacher windows, through a head that training
+drops, so what the teacher tells apart in real audio shapes the student's features, not only
+its 16 outputs.
+
 Windows and targets are computed once and cached in an .npz (teacher inference costs more
 than a training step).
 """
@@ -44,21 +50,24 @@ def calibrate(probs: np.ndarray, thresholds: Sequence[float], temperature: float
 
 
 class Mn04Teacher:
-    """mn04 (tagger.efficientat) as a teacher: 16 label probabilities per 32-kHz window,
-    from the upstream weights file or from an installed tagger model (``model``, whose
-    per-label thresholds then calibrate the targets)."""
+    """mn04 (tagger.efficientat) as a teacher: 16 label probabilities (and the 527 AudioSet class
+    probabilities they come from) per 32-kHz window, from the upstream weights file or from an
+    installed tagger model (``model``, whose per-label thresholds then calibrate the targets)."""
 
     def __init__(self, weights: str | os.PathLike | None = None, thresholds: Sequence[float] | None = None,
                  model=None):
         from tagger.efficientat import LABELS, SAMPLE_RATE, Mn04
 
         if model is not None:
-            self.net = model.logits
+            self.audioset = lambda x: model.network.net(model.front(x))[0]
+            self.class_table = model.network.class_table
             self.labels = list(model.labels)
             self.sample_rate = model.features.sample_rate
             self.thresholds = [float(t) for t in (thresholds or model.thresholds)]
             return
-        self.net = Mn04.from_file(weights)
+        mn04 = Mn04.from_file(weights)
+        self.audioset = lambda x: mn04.audioset(x)[0]
+        self.class_table = mn04.network.class_table
         self.labels = list(LABELS)
         self.sample_rate = SAMPLE_RATE
         if thresholds is None:
@@ -69,9 +78,19 @@ class Mn04Teacher:
         self.thresholds = [float(t) for t in thresholds]
 
     @torch.inference_mode()
-    def probs(self, windows: np.ndarray, batch: int = 32) -> np.ndarray:
-        out = [torch.sigmoid(self.net(torch.from_numpy(windows[i:i + batch]))).numpy() for i in range(0, len(windows), batch)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+    def probs(self, windows: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(label probabilities ``[N, labels]``, class probabilities ``[N, classes]``): a label's
+        is its strongest class's (tagger.efficientat.label_logits)."""
+        from tagger.efficientat import N_CLASSES, label_logits
+
+        labels, classes = [], []
+        for i in range(0, len(windows), batch):
+            logits = self.audioset(torch.from_numpy(windows[i:i + batch]))
+            labels.append(torch.sigmoid(label_logits(logits, self.class_table)).numpy())
+            classes.append(torch.sigmoid(logits).numpy())
+        if not labels:
+            return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, N_CLASSES), np.float32)
+        return np.concatenate(labels), np.concatenate(classes)
 
 
 def even_windows(audio: np.ndarray, size: int, max_windows: int) -> np.ndarray:
@@ -93,15 +112,18 @@ def _cache_key(files: Sequence[Path], teacher: Mn04Teacher, window_s: float, rat
         st = f.stat()
         h.update(f"{f.resolve()}:{st.st_size}:{int(st.st_mtime)};".encode())
     h.update(f"{teacher.sample_rate}:{window_s}:{rate}:{max_windows}".encode())  # raw probs: thresholds apply later
+    h.update(b"classes")  # caches since the class probabilities were kept
     return h.hexdigest()[:16]
 
 
 def teacher_windows(dirs: Sequence[str | os.PathLike], teacher: Mn04Teacher, labels: Sequence[str], *,
                     sample_rate: int, window_seconds: float, max_windows_per_file: int = 60,
-                    cache_dir: str | os.PathLike | None = None, log: Log = print) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    cache_dir: str | os.PathLike | None = None,
+                    log: Log = print) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(student windows ``[N, samples]`` at ``sample_rate``, raw teacher probabilities ``[N, labels]``,
-    file index per window) for non-overlapping windows of every audio file under ``dirs``.
-    Silent windows are skipped; at most ``max_windows_per_file`` evenly spaced windows per file."""
+    file index per window, the teacher's class probabilities ``[N, classes]``) for non-overlapping
+    windows of every audio file under ``dirs``. Silent windows are skipped; at most
+    ``max_windows_per_file`` evenly spaced windows per file."""
     if list(labels) != teacher.labels:
         raise ValueError("the teacher's labels differ from the student's")
     files = audio_files(dirs)
@@ -112,9 +134,9 @@ def teacher_windows(dirs: Sequence[str | os.PathLike], teacher: Mn04Teacher, lab
     if cache.is_file():
         with np.load(cache) as data:
             log(f"teacher targets from {cache} ({len(data['probs'])} windows)")
-            return data["windows"].astype(np.float32), data["probs"], data["source"]
+            return data["windows"].astype(np.float32), data["probs"], data["source"], data["classes"]
     size_t = int(round(window_seconds * teacher.sample_rate))
-    windows, probs, index = [], [], []
+    windows, probs, index, classes = [], [], [], []
     for k, path in enumerate(files):
         try:
             audio = decode(path, sample_rate=teacher.sample_rate)
@@ -124,15 +146,17 @@ def teacher_windows(dirs: Sequence[str | os.PathLike], teacher: Mn04Teacher, lab
         w = even_windows(audio, size_t, max_windows_per_file)
         if not len(w):
             continue
-        probs.append(teacher.probs(np.ascontiguousarray(w)))
+        label_probs, class_probs = teacher.probs(np.ascontiguousarray(w))
+        probs.append(label_probs)
+        classes.append(class_probs.astype(np.float16))
         windows.append(AF.resample(torch.from_numpy(w), teacher.sample_rate, sample_rate).numpy().astype(np.float16))
         index.append(np.full(len(w), k, np.int32))
         log(f"teacher: {path.name}: {len(w)} windows")
     if not windows:
         raise ValueError("no usable audio for the teacher")
-    out = np.concatenate(windows), np.concatenate(probs), np.concatenate(index)
+    out = np.concatenate(windows), np.concatenate(probs), np.concatenate(index), np.concatenate(classes)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.npz")
-    np.savez(tmp, windows=out[0], probs=out[1], source=out[2])
+    np.savez(tmp, windows=out[0], probs=out[1], source=out[2], classes=out[3])
     os.replace(tmp, cache)
-    return out[0].astype(np.float32), out[1], out[2]
+    return out[0].astype(np.float32), out[1], out[2], out[3]
