@@ -283,9 +283,9 @@ def _train_step(opt: _Optimisation, global_step: int, train_audio: Sequence[_Aud
     x = add_tilt(x, config.tilt, model.features.sample_rate)  # rendered windows only, like the noise
     x = add_noise(x, config.noise)  # rendered windows only: teacher windows are real recordings
     if n_teacher:
-        drawn = [rng.randrange(len(teacher.windows)) for _ in range(n_teacher)]
-        x = torch.cat([x, torch.from_numpy(teacher.windows[drawn]).to(dev)])
-        y = torch.cat([y, torch.from_numpy(teacher.targets[drawn]).to(dev)])
+        taught = [rng.randrange(len(teacher.windows)) for _ in range(n_teacher)]
+        x = torch.cat([x, torch.from_numpy(teacher.windows[taught]).to(dev)])
+        y = torch.cat([y, torch.from_numpy(teacher.targets[taught]).to(dev)])
     distil = n_teacher > 0 and opt.class_head is not None
     if n_real:
         drawn = [rng.randrange(len(domain.windows)) for _ in range(n_real)]
@@ -303,7 +303,7 @@ def _train_step(opt: _Optimisation, global_step: int, train_audio: Sequence[_Aud
             loss = opt.loss_fn(model.network(spec).float(), y)
         if distil:  # the teacher windows sit right after the rendered ones
             class_logits = opt.class_head(features[len(pairs):len(pairs) + n_teacher]).float()
-            class_targets = torch.from_numpy(teacher.classes[drawn].astype(np.float32)).to(dev)
+            class_targets = torch.from_numpy(teacher.classes[taught].astype(np.float32)).to(dev)
             loss = loss + config.teacher_classes * torch.nn.functional.binary_cross_entropy_with_logits(class_logits, class_targets)
         if n_real:
             # Real: the domain windows and any teacher windows; rendered: the rest.
