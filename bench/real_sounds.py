@@ -162,6 +162,8 @@ def unpack_rcc(rcc: Path, folder: str, dest: Path) -> None:
             return
         if not path.lstrip("/").startswith(folder + "/"):
             return
+        if ".." in path.split("/"):
+            raise ValueError(f"{rcc}: {path} would be written outside {dest}")
         if flags & 4:
             raise ValueError(f"{rcc}: zstd-compressed resources are not supported")
         (offset,) = struct.unpack(">I", blob[at + 10:at + 14])

@@ -367,6 +367,10 @@ def test_unpack_rcc_writes_the_files_of_one_folder_byte_for_byte(tmp_path):
     written = {str(p.relative_to(tmp_path / "out")): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert written == {"cello.ogg": files["gc/act/res/cello.ogg"], "sub/piano.ogg": files["gc/act/res/sub/piano.ogg"],
                        "README": b"credits"}
+    (tmp_path / "escape.rcc").write_bytes(_qt_resource_file({"gc/act/res/../../escaped.ogg": b"x"}, compressed=set()))
+    with pytest.raises(ValueError, match="outside"):
+        real_sounds.unpack_rcc(tmp_path / "escape.rcc", "gc/act/res", tmp_path / "out2")
+    assert not list(tmp_path.rglob("escaped.ogg"))
     (tmp_path / "bad.rcc").write_bytes(b"RIFF" + bytes(40))
     with pytest.raises(ValueError, match="not a Qt resource file"):
         real_sounds.unpack_rcc(tmp_path / "bad.rcc", "gc", tmp_path / "x")
